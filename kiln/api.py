@@ -1,0 +1,125 @@
+"""kiln.compile: build the CompileSettings, then run the pipeline stages in order."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from kiln.capture.export import CapturedGraph, capture
+from kiln.engine.builder import build_plan
+from kiln.engine.convert import convert_graph
+from kiln.engine.module import EngineModule
+from kiln.engine.optimize import optimize_network
+from kiln.errors import KilnError
+from kiln.lowering import lower
+from kiln.module import CompiledModule
+from kiln.partition import partition
+from kiln.report.partition_report import PartitionReport
+from kiln.settings import CompileSettings, normalize_executed_ops
+
+
+def compile(
+    module: torch.nn.Module,
+    inputs: Sequence | None = None,
+    *,
+    arg_inputs: Sequence | None = None,
+    kwarg_inputs: dict | None = None,
+    enabled_precisions=frozenset({torch.float32}),
+    min_block_size: int = 5,
+    torch_executed_ops=(),
+    require_full_compilation: bool = False,
+    truncate_double: bool = True,
+    device: torch.device | str | None = None,
+    debug: bool = False,
+    dryrun: bool = False,
+    **options,
+) -> CompiledModule | PartitionReport:
+    """Compile `module` for the given inputs. Returns a CompiledModule, or the PartitionReport if dryrun."""
+    if not isinstance(module, torch.nn.Module):
+        raise KilnError(f"kiln.compile expects a torch.nn.Module, got {type(module).__name__}.")
+    if inputs is not None and arg_inputs is not None:
+        raise KilnError("pass either inputs= or arg_inputs= (they mean the same), not both.")
+    arg_inputs = list(inputs if inputs is not None else arg_inputs or [])
+    kwarg_inputs = dict(kwarg_inputs or {})
+    if not arg_inputs and not kwarg_inputs:
+        raise KilnError("kiln.compile needs inputs=[kiln.Input(shape), ...] or example tensors to know the input shapes.")
+    settings = make_settings(
+        module,
+        arg_inputs,
+        kwarg_inputs,
+        enabled_precisions=enabled_precisions,
+        min_block_size=min_block_size,
+        torch_executed_ops=torch_executed_ops,
+        require_full_compilation=require_full_compilation,
+        truncate_double=truncate_double,
+        device=device,
+        debug=debug,
+        dryrun=dryrun,
+        **options,
+    )
+    was_training = module.training
+    if was_training:
+        warnings.warn("kiln.compile: the module is in training mode; compiling it in eval mode (as for inference).", stacklevel=2)
+        module.eval()
+    try:
+        with torch.no_grad():
+            captured = capture(module, arg_inputs, kwarg_inputs, settings)
+    finally:
+        if was_training:
+            module.train()
+    return compile_captured(captured, settings)
+
+
+def compile_captured(captured: CapturedGraph, settings: CompileSettings) -> CompiledModule | PartitionReport:
+    """The stages after capture; torch.compile's backend enters here with dynamo's graph."""
+    gm = lower(captured.graph_module)
+    parts = partition(gm, settings)
+    report = PartitionReport(parts.rows, inputs=[f"{s.name}: {s.describe()}" for s in captured.input_specs])
+    for name in parts.block_names:
+        report.blocks[name] = sum(1 for r in parts.rows if r.block == name)
+    if settings.dryrun:
+        if settings.debug:
+            print(report.table())
+        return report
+    gm = parts.graph_module
+    for name in parts.block_names:
+        block = getattr(gm, name)
+        network = convert_graph(block, settings.truncate_double)
+        network = optimize_network(network, block, captured, settings)
+        plan = build_plan(network, settings)
+        engine = EngineModule(plan, name)
+        setattr(gm, name, engine)
+        report.layers[name] = [(s.layer.name, s.layer.kind, s.tactic, s.layer.source, s.timings.get(s.tactic)) for s in plan.steps]
+    gm.recompile()
+    compiled = CompiledModule(gm, captured.input_specs, captured.in_spec, captured.out_spec, report, settings.device)
+    if settings.debug:
+        print(report.table())
+    return compiled
+
+
+def make_settings(module, arg_inputs, kwarg_inputs, *, enabled_precisions, torch_executed_ops, device, **rest) -> CompileSettings:
+    precisions = frozenset(enabled_precisions if not isinstance(enabled_precisions, torch.dtype) else {enabled_precisions})
+    return CompileSettings(
+        enabled_precisions=precisions | {torch.float32},
+        torch_executed_ops=normalize_executed_ops(torch_executed_ops),
+        device=_pick_device(module, arg_inputs, kwarg_inputs, device),
+        **rest,
+    )
+
+
+def _pick_device(module, arg_inputs, kwarg_inputs, device) -> torch.device:
+    """Explicit device, else where the example tensors or the weights live, else the CPU."""
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        return device
+    leaves = torch.utils._pytree.tree_leaves((arg_inputs, kwarg_inputs))
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            return leaf.device
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")

@@ -1,0 +1,94 @@
+"""Tactics: the ways to compute one layer kind. Each kind has a reference tactic in plain PyTorch.
+
+A tactic is `fn(layer, inputs, run) -> Tensor | tuple[Tensor, ...]`, where `inputs` are the
+layer's input tensors (None for an absent optional input) and `run` is the RunContext of the
+call (symbol values for dynamic shapes). `when(layer, target)` says whether it applies to a
+layer on a build target; `prepare(layer, weights)` reshapes the layer's weights once at build
+time into what the tactic wants (layout, dtype).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from kiln.engine.ir.network import Layer
+from kiln.engine.ir.symbolic import Dim, evaluate_shape
+
+REFERENCE = "reference"
+
+
+@dataclass
+class RunContext:
+    """Per-call facts a tactic may need: the values of the symbolic dimensions."""
+
+    symbols: Mapping[str, int]
+
+    def shape(self, dims: list[Dim]) -> list[int]:
+        return evaluate_shape(dims, self.symbols)
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """What the builder is building for: tactics decide from it whether they apply."""
+
+    device: torch.device
+    compute_dtype: torch.dtype
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+@dataclass(frozen=True)
+class Tactic:
+    kind: str
+    name: str
+    fn: Callable
+    when: Callable[[Layer, BuildTarget], bool]
+    prepare: Callable[[Layer, dict], dict] | None = None
+
+
+_TACTICS: dict[str, dict[str, Tactic]] = {}
+
+
+def _always(layer: Layer, target: BuildTarget) -> bool:
+    return True
+
+
+def tactic(kind: str, name: str, when: Callable[[Layer, BuildTarget], bool] = _always, prepare=None):
+    def register(fn):
+        table = _TACTICS.setdefault(kind, {})
+        if name in table:
+            raise RuntimeError(f"tactic {name!r} registered twice for layer kind {kind!r}")
+        table[name] = Tactic(kind, name, fn, when, prepare)
+        return fn
+
+    return register
+
+
+def reference(kind: str):
+    """The plain-PyTorch way to compute `kind`: runs on any device, the oracle for every other tactic."""
+    return tactic(kind, REFERENCE)
+
+
+def tactics_for(layer: Layer, target: BuildTarget) -> list[Tactic]:
+    table = _TACTICS.get(layer.kind)
+    if not table or REFERENCE not in table:
+        raise KeyError(f"layer kind {layer.kind!r} has no reference tactic")
+    return [t for t in table.values() if t.when(layer, target)]
+
+
+def get_tactic(kind: str, name: str) -> Tactic:
+    from kiln.errors import CorruptFileError
+
+    try:
+        return _TACTICS[kind][name]
+    except KeyError:
+        raise CorruptFileError(f"plan names tactic {name!r} for layer kind {kind!r}, which this Kiln does not have") from None
+
+
+def layer_kinds() -> list[str]:
+    return sorted(_TACTICS)

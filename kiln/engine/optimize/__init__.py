@@ -1,0 +1,34 @@
+"""Network → Network passes before the builder: symbols, precision, (later) fusion and layout.
+
+The order lives in OPTIMIZE_PASSES; each pass is `fn(network, context) -> network`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kiln.engine.ir.network import Network
+from kiln.settings import CompileSettings
+
+
+@dataclass
+class OptimizeContext:
+    settings: CompileSettings
+    block: object  # the engine block's FX GraphModule
+    captured: object  # the CapturedGraph (input specs, for symbol ranges)
+
+
+OPTIMIZE_PASSES: list = []
+
+
+def optimize_pass(fn):
+    """Register a Network pass; passes run in the order their modules are imported below."""
+    OPTIMIZE_PASSES.append(fn)
+    return fn
+
+
+def optimize_network(network: Network, block, captured, settings: CompileSettings) -> Network:
+    ctx = OptimizeContext(settings, block, captured)
+    for network_pass in OPTIMIZE_PASSES:
+        network = network_pass(network, ctx)
+    return network

@@ -1,0 +1,3 @@
+from kiln.engine.runtime.executor import PlanExecutor
+
+__all__ = ["PlanExecutor"]

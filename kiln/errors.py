@@ -1,0 +1,25 @@
+"""Kiln's exceptions. Every error names what was wrong and what the user can do."""
+
+
+class KilnError(Exception):
+    """Base class for every error Kiln raises on purpose."""
+
+
+class CaptureError(KilnError):
+    """torch.export could not capture the model."""
+
+
+class UnsupportedOpError(KilnError):
+    """require_full_compilation=True and some ops cannot run on the engine."""
+
+
+class InputMismatchError(KilnError, ValueError):
+    """A call's inputs do not match the Input specs the module was compiled for."""
+
+
+class CorruptFileError(KilnError):
+    """A .kiln file is truncated, damaged, or not a .kiln file at all."""
+
+
+class ConversionError(KilnError):
+    """A converter could not turn an FX node into engine layers."""

@@ -1,0 +1,21 @@
+"""Lowering: FX passes over the frozen aten graph. The order lives in LOWERING_PASSES."""
+
+from torch.fx import GraphModule
+
+from kiln.lowering.canonicalize_views import canonicalize_views
+from kiln.lowering.constants import drop_unused_constants
+from kiln.lowering.fold_batch_norm import fold_batch_norm
+from kiln.lowering.fold_constants import fold_constants
+from kiln.lowering.remove_identity import remove_identity
+
+LOWERING_PASSES = [remove_identity, canonicalize_views, fold_batch_norm, fold_constants]
+
+
+def lower(gm: GraphModule) -> GraphModule:
+    for lowering_pass in LOWERING_PASSES:
+        gm = lowering_pass(gm)
+    gm.graph.eliminate_dead_code()
+    drop_unused_constants(gm)
+    gm.graph.lint()
+    gm.recompile()
+    return gm

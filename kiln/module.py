@@ -1,0 +1,80 @@
+"""CompiledModule: what kiln.compile returns. PyTorch fallback ops and engine blocks in one FX graph."""
+
+from __future__ import annotations
+
+import torch
+import torch.utils._pytree as pytree
+
+from kiln.capture.input_spec import Input
+from kiln.engine.ir.dtypes import dtype_name
+from kiln.errors import InputMismatchError
+from kiln.report.partition_report import PartitionReport
+
+
+class CompiledModule(torch.nn.Module):
+    """Call it like the original model: same arguments, same output structure."""
+
+    def __init__(
+        self,
+        graph_module: torch.fx.GraphModule,
+        input_specs: list[Input],
+        in_spec: pytree.TreeSpec,
+        out_spec: pytree.TreeSpec,
+        report: PartitionReport,
+        device: torch.device,
+    ):
+        super().__init__()
+        self.graph_module = graph_module
+        self.input_specs = input_specs
+        self.in_spec = in_spec
+        self.out_spec = out_spec
+        self.report = report
+        self.device = torch.device(device)
+
+    def forward(self, *args, **kwargs):
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        if spec != self.in_spec:
+            raise InputMismatchError(
+                f"this module was compiled for inputs structured as {_describe_spec(self.in_spec)}, "
+                f"but was called with {_describe_spec(spec)}. Pass the same positional and keyword inputs "
+                "as at compile time."
+            )
+        for i, (value, spec_i) in enumerate(zip(flat, self.input_specs)):
+            check_input(value, spec_i, i, self.device)
+        outputs = self.graph_module(*flat)
+        return pytree.tree_unflatten(list(outputs), self.out_spec)
+
+    @property
+    def engine_blocks(self) -> dict[str, torch.nn.Module]:
+        from kiln.engine.module import EngineModule
+
+        return {n: m for n, m in self.graph_module.named_children() if isinstance(m, EngineModule)}
+
+    def extra_repr(self) -> str:
+        return f"inputs={[s.describe() for s in self.input_specs]}, engine_blocks={len(self.engine_blocks)}"
+
+
+def check_input(value, spec: Input, index: int, device: torch.device) -> None:
+    label = f"input #{index}" + (f" ({spec.name!r})" if spec.name else "")
+    compiled_for = f"it was compiled for {spec.describe()} on {device}"
+    if not isinstance(value, torch.Tensor):
+        raise InputMismatchError(f"{label} is a {type(value).__name__}, not a tensor; {compiled_for}.")
+    if value.dim() != len(spec.opt_shape):
+        raise InputMismatchError(f"{label} has rank {value.dim()} (shape {tuple(value.shape)}); {compiled_for}.")
+    for d, (size, lo, hi) in enumerate(zip(value.shape, spec.min_shape, spec.max_shape)):
+        if not lo <= size <= hi:
+            allowed = f"{lo}" if lo == hi else f"{lo}..{hi}"
+            raise InputMismatchError(
+                f"{label} has shape {tuple(value.shape)}: dimension {d} is {size}, outside the compiled range {allowed}; "
+                f"{compiled_for}. Recompile with a kiln.Input(min_shape=..., max_shape=...) that covers it."
+            )
+    if value.dtype != spec.dtype:
+        raise InputMismatchError(f"{label} has dtype {dtype_name(value.dtype)}; {compiled_for}. Cast it with .to({spec.dtype}).")
+    if value.device.type != device.type:
+        raise InputMismatchError(f"{label} is on {value.device}; {compiled_for}. Move it with .to('{device}').")
+
+
+def _describe_spec(spec: pytree.TreeSpec) -> str:
+    args, kwargs = pytree.tree_unflatten(["T"] * spec.num_leaves, spec)
+    shown = [str(a) for a in args] + [f"{k}={v}" for k, v in kwargs.items()]
+    return f"({', '.join(shown)})".replace("'T'", "T")

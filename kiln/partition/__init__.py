@@ -1,0 +1,3 @@
+from kiln.partition.blocks import NodeRow, PartitionResult, partition
+
+__all__ = ["NodeRow", "PartitionResult", "partition"]

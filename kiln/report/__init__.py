@@ -1,0 +1,3 @@
+from kiln.report.partition_report import PartitionReport
+
+__all__ = ["PartitionReport"]

@@ -1,0 +1,72 @@
+"""The partition report: for every op, where it runs and why; readable as a table."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from kiln.partition.blocks import NodeRow
+from kiln.report.table import format_table
+
+
+@dataclass
+class PartitionReport:
+    rows: list[NodeRow]
+    blocks: dict[str, int] = field(default_factory=dict)  # engine block name -> op count
+    # engine block name -> [(layer name, kind, tactic, source, ms)] once built
+    layers: dict[str, list[tuple]] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+
+    @property
+    def engine_ops(self) -> int:
+        return sum(1 for r in self.rows if r.where == "engine")
+
+    @property
+    def pytorch_ops(self) -> int:
+        return sum(1 for r in self.rows if r.where == "pytorch")
+
+    @property
+    def fallback(self) -> list[NodeRow]:
+        return [r for r in self.rows if r.where == "pytorch"]
+
+    def fallback_reasons(self) -> Counter:
+        return Counter(f"{r.op}: {r.reason}" for r in self.fallback)
+
+    def summary(self) -> str:
+        total = len(self.rows)
+        pct = 100.0 * self.engine_ops / total if total else 0.0
+        return (
+            f"{self.engine_ops} of {total} ops ({pct:.0f}%) run on the Kiln engine in {len(self.blocks)} block(s); "
+            f"{self.pytorch_ops} run in PyTorch."
+        )
+
+    def table(self) -> str:
+        body = format_table(["node", "op", "runs on", "block", "why not engine"], [[r.node, r.op, r.where, r.block, r.reason] for r in self.rows])
+        parts = ["Kiln partition report", self.summary()]
+        if self.inputs:
+            parts.append("Inputs: " + ", ".join(self.inputs))
+        parts.append(body)
+        if self.fallback:
+            parts.append("PyTorch fallback, by reason:")
+            parts.append(format_table(["op: reason", "count"], [[k, v] for k, v in self.fallback_reasons().most_common()]))
+        for block, layers in self.layers.items():
+            parts.append(f"{block}: layers and tactics")
+            parts.append(format_table(["layer", "kind", "tactic", "from", "ms"], [list(row) for row in layers]))
+        return "\n".join(parts)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_json(self) -> dict:
+        return {
+            "rows": [[r.node, r.op, r.where, r.reason, r.block] for r in self.rows],
+            "blocks": self.blocks,
+            "layers": {k: [list(x) for x in v] for k, v in self.layers.items()},
+            "inputs": self.inputs,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> PartitionReport:
+        rows = [NodeRow(node=r[0], op=r[1], where=r[2], reason=r[3], block=r[4]) for r in data["rows"]]
+        layers = {k: [tuple(x) for x in v] for k, v in data.get("layers", {}).items()}
+        return cls(rows, dict(data.get("blocks", {})), layers, list(data.get("inputs", [])))
