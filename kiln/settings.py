@@ -33,8 +33,7 @@ class CompileSettings:
         bad = [p for p in self.enabled_precisions if p not in SUPPORTED_PRECISIONS]
         if bad:
             raise KilnError(
-                f"enabled_precisions contains {bad}; Kiln supports {list(SUPPORTED_PRECISIONS)} "
-                "(INT8/FP8 are not available yet)."
+                f"enabled_precisions contains {bad}; Kiln supports {list(SUPPORTED_PRECISIONS)} (INT8/FP8 are not available yet)."
             )
         if self.min_block_size < 1:
             raise KilnError(f"min_block_size must be >= 1, got {self.min_block_size}.")

@@ -81,7 +81,9 @@ def freeze(program: torch.export.ExportedProgram) -> torch.fx.GraphModule:
         elif spec.kind == InputKind.CONSTANT_TENSOR:
             value = program.constants[spec.target]
         else:
-            raise CaptureError(f"input {node.name} is a {spec.kind.name}, which Kiln cannot freeze (custom objects and effect tokens are not supported).")
+            raise CaptureError(
+                f"input {node.name} is a {spec.kind.name}, which Kiln cannot freeze (custom objects and effect tokens are not supported)."
+            )
         attr = "w_" + node.name
         gm.register_buffer(attr, value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value))
         with graph.inserting_before(node):

@@ -45,13 +45,9 @@ class Input:
                 )
             for d, (lo, op, hi) in enumerate(zip(min_shape, opt_shape, max_shape)):
                 if not lo <= op <= hi:
-                    raise KilnError(
-                        f"kiln.Input{_label(name)}: dimension {d} needs min <= opt <= max, got {lo}, {op}, {hi}."
-                    )
+                    raise KilnError(f"kiln.Input{_label(name)}: dimension {d} needs min <= opt <= max, got {lo}, {op}, {hi}.")
         else:
-            raise KilnError(
-                "kiln.Input needs shape=(...) or all three of min_shape=, opt_shape=, max_shape=."
-            )
+            raise KilnError("kiln.Input needs shape=(...) or all three of min_shape=, opt_shape=, max_shape=.")
         if not isinstance(dtype, torch.dtype):
             raise KilnError(f"kiln.Input{_label(name)}: dtype must be a torch.dtype, got {dtype!r}.")
         if format not in _FORMATS.values():
@@ -65,7 +61,11 @@ class Input:
 
     @classmethod
     def from_tensor(cls, tensor: torch.Tensor, name: str | None = None) -> Input:
-        fmt = torch.channels_last if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous() else torch.contiguous_format
+        fmt = (
+            torch.channels_last
+            if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
+            else torch.contiguous_format
+        )
         return cls(tuple(tensor.shape), dtype=tensor.dtype, format=fmt, name=name)
 
     @property
@@ -94,7 +94,9 @@ class Input:
         shape = (
             str(tuple(self.opt_shape))
             if not self.is_dynamic
-            else "(" + ", ".join(str(o) if lo == hi else f"{lo}..{hi}" for lo, o, hi in zip(self.min_shape, self.opt_shape, self.max_shape)) + ")"
+            else "("
+            + ", ".join(str(o) if lo == hi else f"{lo}..{hi}" for lo, o, hi in zip(self.min_shape, self.opt_shape, self.max_shape))
+            + ")"
         )
         return f"{shape} {dtype_name(self.dtype)}"
 

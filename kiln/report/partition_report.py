@@ -41,7 +41,9 @@ class PartitionReport:
         )
 
     def table(self) -> str:
-        body = format_table(["node", "op", "runs on", "block", "why not engine"], [[r.node, r.op, r.where, r.block, r.reason] for r in self.rows])
+        body = format_table(
+            ["node", "op", "runs on", "block", "why not engine"], [[r.node, r.op, r.where, r.block, r.reason] for r in self.rows]
+        )
         parts = ["Kiln partition report", self.summary()]
         if self.inputs:
             parts.append("Inputs: " + ", ".join(self.inputs))

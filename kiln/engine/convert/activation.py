@@ -50,7 +50,9 @@ def convert_elu(ctx, node):
     alpha = args[1] if args[1] is not None else node.kwargs.get("alpha", 1.0)
     scale = args[2] if args[2] is not None else node.kwargs.get("scale", 1.0)
     input_scale = args[3] if args[3] is not None else node.kwargs.get("input_scale", 1.0)
-    return ctx.add("unary", [ctx.tensor(node.args[0])], {"op": "elu", "alpha": float(alpha), "scale": float(scale), "input_scale": float(input_scale)})
+    return ctx.add(
+        "unary", [ctx.tensor(node.args[0])], {"op": "elu", "alpha": float(alpha), "scale": float(scale), "input_scale": float(input_scale)}
+    )
 
 
 @converter(aten.softplus.default)

@@ -142,7 +142,9 @@ class ConvertContext:
         not a tensor the engine produces).
         """
         specs = outputs if outputs is not None else self.output_specs()
-        made = self.network.add_layer(kind, [self.maybe_tensor(i) for i in inputs], [s for s in specs if s is not None], attrs, source=self._source())
+        made = self.network.add_layer(
+            kind, [self.maybe_tensor(i) for i in inputs], [s for s in specs if s is not None], attrs, source=self._source()
+        )
         if len(specs) == 1 and outputs is None and not isinstance(self.node.meta["val"], (tuple, list)):
             return made[0]
         it = iter(made)

@@ -40,7 +40,15 @@ class Layer:
 
     @classmethod
     def from_json(cls, data: dict) -> Layer:
-        return cls(data["kind"], data["name"], list(data["inputs"]), list(data["outputs"]), dict(data["attrs"]), data.get("precision"), data.get("source", ""))
+        return cls(
+            data["kind"],
+            data["name"],
+            list(data["inputs"]),
+            list(data["outputs"]),
+            dict(data["attrs"]),
+            data.get("precision"),
+            data.get("source", ""),
+        )
 
 
 @dataclass
@@ -110,7 +118,14 @@ class Network:
             self.tensors[desc.name] = desc
             out_descs.append(desc)
         self.layers.append(
-            Layer(kind, layer_name, [t.name if t is not None else None for t in inputs], [d.name for d in out_descs], dict(attrs or {}), source=source)
+            Layer(
+                kind,
+                layer_name,
+                [t.name if t is not None else None for t in inputs],
+                [d.name for d in out_descs],
+                dict(attrs or {}),
+                source=source,
+            )
         )
         return out_descs
 
