@@ -1,0 +1,79 @@
+"""Ops that pick part of a tensor → `slice`, `select`, `index_select`, `gather`.
+
+Bounds and indices may be SymInt nodes (x[: x.shape[0] // 2]); they become symbol
+expressions through ctx.value, so the example size never gets baked in.
+"""
+
+import torch
+from torch.fx import Node
+
+from kiln.engine.convert.registry import converter
+
+aten = torch.ops.aten
+
+
+def _arg(node, i, name, default):
+    return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
+
+
+def _rank(node) -> int:
+    return node.args[0].meta["val"].dim()
+
+
+def _static_step(node):
+    if isinstance(_arg(node, 4, "step", 1), Node):
+        return "slice with a dynamic step"
+    return None
+
+
+@converter(aten.slice.Tensor, supports=_static_step)
+def convert_slice(ctx, node):
+    attrs = {
+        "dim": _arg(node, 1, "dim", 0) % _rank(node),
+        "start": ctx.value(_arg(node, 2, "start", None)),
+        "end": ctx.value(_arg(node, 3, "end", None)),
+        "step": int(_arg(node, 4, "step", 1)),
+    }
+    return ctx.add("slice", [ctx.tensor(node.args[0])], attrs)
+
+
+@converter(aten.select.int)
+def convert_select(ctx, node):
+    x, dim, index = node.args
+    return ctx.add("select", [ctx.tensor(x)], {"dim": dim % _rank(node), "index": ctx.value(index)})
+
+
+@converter(aten.index_select.default)
+def convert_index_select(ctx, node):
+    x, dim, index = node.args
+    return ctx.add("index_select", [ctx.tensor(x), ctx.tensor(index)], {"dim": dim % _rank(node)})
+
+
+@converter(aten.embedding.default)
+def convert_embedding(ctx, node):
+    # padding_idx, scale_grad_by_freq and sparse only change the gradient.
+    weight, indices = node.args[:2]
+    return ctx.add("index_select", [ctx.tensor(weight), ctx.tensor(indices)], {"dim": 0})
+
+
+def _single_index(node):
+    indices = node.args[1]
+    used = [i for i in indices if i is not None]
+    if len(used) != 1:
+        return f"indexing with {len(used)} index tensors"
+    if used[0].meta["val"].dtype in (torch.bool, torch.uint8):
+        return "indexing with a boolean mask (data-dependent output shape)"
+    return None
+
+
+@converter(aten.index.Tensor, supports=_single_index)
+def convert_index(ctx, node):
+    x, indices = node.args
+    dim = next(i for i, index in enumerate(indices) if index is not None)
+    return ctx.add("index_select", [ctx.tensor(x), ctx.tensor(indices[dim])], {"dim": dim})
+
+
+@converter(aten.gather.default)
+def convert_gather(ctx, node):
+    x, dim, index = node.args[:3]
+    return ctx.add("gather", [ctx.tensor(x), ctx.tensor(index)], {"dim": dim % _rank(node)})
