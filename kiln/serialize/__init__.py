@@ -1,6 +1,200 @@
-def save(*a, **k):
-    raise NotImplementedError
+"""kiln.save / kiln.load: one .kiln file holds a whole CompiledModule as data.
+
+The manifest (JSON) holds the top-level FX graph, the engine plans, the input specs,
+the pytree in/out specs and the partition report; the weights of every plan and every
+fallback constant go in one safetensors blob. container.py frames and checksums them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+
+import safetensors.torch
+import torch
+import torch.utils._pytree as pytree
+
+import kiln.engine.kernels  # noqa: F401  (registers every tactic, so plans can name them)
+from kiln.capture.input_spec import Input
+from kiln.engine.kernels.registry import BuildTarget, get_tactic
+from kiln.engine.module import EngineModule
+from kiln.engine.plan import Plan
+from kiln.errors import CorruptFileError, KilnError
+from kiln.module import CompiledModule
+from kiln.report.partition_report import PartitionReport
+from kiln.serialize import container
+from kiln.serialize.graph_json import graph_from_json, graph_to_json
+
+_ENGINE_KEY = "engine/{block}/{name}"
+_CONST_KEY = "const/{name}"
 
 
-def load(*a, **k):
-    raise NotImplementedError
+def save(compiled: CompiledModule, path: str | os.PathLike) -> None:
+    """Write `compiled` to `path` as one .kiln file (replaced atomically, so a crash never leaves half a file)."""
+    if not isinstance(compiled, CompiledModule):
+        raise KilnError(f"kiln.save expects the CompiledModule that kiln.compile returned, got {type(compiled).__name__}.")
+    data = to_bytes(compiled)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".kiln-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: str | os.PathLike, device: torch.device | str | None = None) -> CompiledModule:
+    """Read a .kiln file. `device` moves every weight there (default: the device it was compiled for)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    return from_bytes(data, source=path, device=device)
+
+
+def to_bytes(compiled: CompiledModule) -> bytes:
+    gm = compiled.graph_module
+    engines = compiled.engine_blocks
+    tensors: dict[str, torch.Tensor] = {}
+    plans = {}
+    for block, engine in engines.items():
+        plans[block] = engine.plan.to_json()
+        for name, value in engine.plan.weights.items():
+            tensors[_ENGINE_KEY.format(block=block, name=name)] = value
+    constants = sorted({n.target for n in gm.graph.nodes if n.op == "get_attr"})
+    for name in constants:
+        tensors[_CONST_KEY.format(name=name)] = _attr(gm, name)
+    manifest = {
+        "kiln_version": _kiln_version(),
+        "torch_version": torch.__version__,
+        "device": str(compiled.device),
+        "graph": graph_to_json(gm, set(engines)),
+        "engines": plans,
+        "constants": constants,
+        "inputs": [s.to_json() for s in compiled.input_specs],
+        "in_spec": _dump_spec(compiled.in_spec, "inputs"),
+        "out_spec": _dump_spec(compiled.out_spec, "outputs"),
+        "report": compiled.report.to_json(),
+    }
+    # safetensors refuses views that share storage; each tensor gets its own contiguous CPU copy.
+    weights = safetensors.torch.save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
+    return container.pack(manifest, weights)
+
+
+def from_bytes(data: bytes, source: str = "<bytes>", device: torch.device | str | None = None) -> CompiledModule:
+    contents = container.unpack(data, source)
+    try:
+        weights = safetensors.torch.load(contents.weights)
+    except Exception as exc:  # safetensors raises its own SafetensorError; any failure means a bad blob
+        raise CorruptFileError(f"{source} cannot be loaded: its weights are not valid safetensors ({exc})") from None
+    try:
+        return _rebuild(contents.manifest, weights, device)
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{source} cannot be loaded: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # The checksum matched, so the file is as written: it was made by a different Kiln or by hand.
+        raise CorruptFileError(f"{source} cannot be loaded: its manifest is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _rebuild(manifest: dict, weights: dict[str, torch.Tensor], device) -> CompiledModule:
+    target = _target_device(manifest["device"], device)
+    root = torch.nn.Module()
+    for block, plan_json in manifest["engines"].items():
+        prefix = _ENGINE_KEY.format(block=block, name="")
+        plan_weights = {k[len(prefix) :]: v.to(target) for k, v in weights.items() if k.startswith(prefix)}
+        plan = Plan.from_json(plan_json, plan_weights)
+        _check_tactics(plan, block, target)
+        plan.device = str(target)
+        root.add_module(block, EngineModule(plan, block))
+    constants = set(manifest["constants"])
+    for name in constants:
+        _set_attr(root, name, weights[_CONST_KEY.format(name=name)].to(target))
+    graph = graph_from_json(manifest["graph"], set(manifest["engines"]), constants, target)
+    graph.lint()
+    gm = torch.fx.GraphModule(root, graph)
+    return CompiledModule(
+        gm,
+        [Input.from_json(s) for s in manifest["inputs"]],
+        _load_spec(manifest["in_spec"]),
+        _load_spec(manifest["out_spec"]),
+        PartitionReport.from_json(manifest["report"]),
+        target,
+    )
+
+
+def _check_tactics(plan: Plan, block: str, device: torch.device) -> None:
+    """Every tactic must exist here; on another device than the build's, it must also run there."""
+    moved = torch.device(plan.device) != device
+    build_target = BuildTarget(device, plan.compute_dtype)
+    for step in plan.steps:
+        tactic = get_tactic(step.layer.kind, step.tactic)
+        if moved and not tactic.when(step.layer, build_target):
+            raise KilnError(
+                f"{block}: layer {step.layer.name} was built for {plan.device} with tactic {step.tactic!r}, which cannot run "
+                f"on {device}. Load it with device={plan.device!r}, or compile the model again for {device}."
+            )
+
+
+def _target_device(saved: str, requested) -> torch.device:
+    device = torch.device(requested if requested is not None else saved)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            hint = "" if requested is not None else " Pass device='cpu' to run it on the CPU."
+            raise KilnError(f"this file was compiled for {saved}, but CUDA is not available here.{hint}")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _dump_spec(spec: pytree.TreeSpec, what: str) -> str:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pytree.treespec_dumps(spec)
+    except Exception as exc:  # pytree raises NotImplementedError/TypeError for unregistered containers
+        raise KilnError(
+            f"cannot save: the model's {what} use a container pytree cannot write as JSON ({exc}). "
+            "Use tuples, lists and dicts (or register the type with a serialized_type_name)."
+        ) from exc
+
+
+def _load_spec(text: str) -> pytree.TreeSpec:
+    if not isinstance(text, str):
+        raise CorruptFileError("pytree spec is not a string")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pytree.treespec_loads(text)
+    except Exception as exc:  # treespec_loads raises json, key and value errors for a bad spec
+        raise CorruptFileError(f"bad pytree spec ({type(exc).__name__}: {exc})") from None
+
+
+def _attr(module: torch.nn.Module, dotted: str) -> torch.Tensor:
+    owner, _, leaf = dotted.rpartition(".")
+    value = getattr(module.get_submodule(owner) if owner else module, leaf)
+    if not isinstance(value, torch.Tensor):
+        raise KilnError(f"cannot save: graph constant {dotted!r} is a {type(value).__name__}, not a tensor.")
+    return value
+
+
+def _set_attr(root: torch.nn.Module, dotted: str, value: torch.Tensor) -> None:
+    owner = root
+    *path, leaf = dotted.split(".")
+    for part in path:
+        if not hasattr(owner, part):
+            owner.add_module(part, torch.nn.Module())
+        owner = getattr(owner, part)
+    owner.register_buffer(leaf, value)
+
+
+def _kiln_version() -> str:
+    from kiln import __version__
+
+    return __version__
+
+
+__all__ = ["save", "load", "to_bytes", "from_bytes"]
