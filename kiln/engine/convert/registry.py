@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.fx import Node
+from torch.fx.operator_schemas import normalize_function
 
 from kiln.engine.ir.network import Network
 from kiln.engine.ir.symbolic import shape_of
@@ -64,6 +65,14 @@ def support_of(node: Node, truncate_double: bool = True) -> str | None:
     if entry.check is not None:
         return entry.check(node)
     return None
+
+
+def node_arguments(node: Node) -> dict:
+    """Every argument of an aten call by its schema name, defaults filled in, so converters and checks never count positions."""
+    bound = normalize_function(node.target, tuple(node.args), dict(node.kwargs), normalize_to_only_use_kwargs=True)
+    if bound is None:
+        raise ConversionError(f"the arguments of {node.name} do not match the schema of {node.target}")
+    return bound.kwargs
 
 
 def _tensor_values(node: Node):
