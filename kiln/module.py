@@ -32,7 +32,7 @@ class CompiledModule(torch.nn.Module):
         self.device = torch.device(device)
 
     def forward(self, *args, **kwargs):
-        flat, spec = pytree.tree_flatten((args, kwargs))
+        flat, spec = pytree.tree_flatten((args, _in_compiled_order(kwargs, self.in_spec)))
         if spec != self.in_spec:
             raise InputMismatchError(
                 f"this module was compiled for inputs structured as {_describe_spec(self.in_spec)}, "
@@ -72,6 +72,14 @@ def check_input(value, spec: Input, index: int, device: torch.device) -> None:
         raise InputMismatchError(f"{label} has dtype {dtype_name(value.dtype)}; {compiled_for}. Cast it with .to({spec.dtype}).")
     if value.device.type != device.type:
         raise InputMismatchError(f"{label} is on {value.device}; {compiled_for}. Move it with .to('{device}').")
+
+
+def _in_compiled_order(kwargs: dict, in_spec: pytree.TreeSpec) -> dict:
+    """Keyword arguments in the order they were compiled with: pytree specs compare dict keys in order."""
+    order = in_spec.children_specs[1].context if in_spec.num_children == 2 else None
+    if not kwargs or not order or set(order) != set(kwargs):
+        return kwargs
+    return {k: kwargs[k] for k in order}
 
 
 def _describe_spec(spec: pytree.TreeSpec) -> str:

@@ -10,6 +10,7 @@ from torch.export.graph_signature import InputKind, OutputKind
 
 from kiln.capture.decompositions import decomposition_table
 from kiln.capture.dynamic import dynamic_shapes_for
+from kiln.capture.explain import capture_error
 from kiln.capture.input_spec import Input
 from kiln.errors import CaptureError, KilnError
 from kiln.settings import CompileSettings
@@ -51,12 +52,7 @@ def capture(module: torch.nn.Module, arg_inputs, kwarg_inputs, settings: Compile
         program = torch.export.export(module, tuple(args), kwargs, dynamic_shapes=dynamic_shapes, strict=False)
         program = program.run_decompositions(decomposition_table())
     except Exception as exc:  # torch raises many kinds; all mean "could not capture"
-        raise CaptureError(
-            f"torch.export could not capture {type(module).__name__}: {type(exc).__name__}: {_first_lines(exc)}\n"
-            "What to do: make forward() traceable (no data-dependent Python control flow on tensor values, "
-            "use torch.cond or move it outside), or use torch.compile(model, backend='kiln'), which splits "
-            "the model at the parts it cannot capture and runs those in Python."
-        ) from exc
+        raise capture_error(module, exc) from exc
     gm = freeze(program)
     names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     for spec, name in zip(specs, names):
@@ -98,8 +94,3 @@ def freeze(program: torch.export.ExportedProgram) -> torch.fx.GraphModule:
     graph.eliminate_dead_code()
     gm.recompile()
     return gm
-
-
-def _first_lines(exc: Exception, n: int = 6) -> str:
-    text = str(exc).strip().splitlines()
-    return "\n".join(text[:n]) + ("\n..." if len(text) > n else "")
