@@ -3,6 +3,7 @@
 import torch
 
 from kiln.engine.convert.registry import converter
+from kiln.engine.ir.symbolic import shape_of
 
 aten = torch.ops.aten
 
@@ -24,6 +25,19 @@ _SIMPLE = {
     aten.sin.default: "sin",
     aten.cos.default: "cos",
     aten.logical_not.default: "logical_not",
+    aten.bitwise_not.default: "bitwise_not",
+    aten.sign.default: "sign",
+    aten.floor.default: "floor",
+    aten.ceil.default: "ceil",
+    aten.round.default: "round",
+    aten.trunc.default: "trunc",
+    aten.isnan.default: "isnan",
+    aten.isinf.default: "isinf",
+    aten.log1p.default: "log1p",
+    aten.log2.default: "log2",
+    aten.expm1.default: "expm1",
+    aten.tan.default: "tan",
+    aten.atan.default: "atan",
 }
 
 
@@ -71,6 +85,22 @@ def _has_no_tensor_bounds(node):
     if any(isinstance(a, torch.fx.Node) for a in node.args[1:]):
         return "clamp with tensor bounds"
     return None
+
+
+@converter(aten.clamp.Tensor)
+def convert_clamp_tensor(ctx, node):
+    # clamp is defined as min(max(x, lo), hi) with broadcasting and promotion, so hi wins where lo > hi.
+    args = list(node.args) + [None] * 2
+    x = node.args[0]
+    lo = args[1] if args[1] is not None else node.kwargs.get("min")
+    hi = args[2] if args[2] is not None else node.kwargs.get("max")
+    if lo is None or hi is None:
+        bound, op = (lo, "maximum") if hi is None else (hi, "minimum")
+        return ctx.add("binary", [ctx.tensor(x), ctx.tensor(bound)], {"op": op})
+    xv, lov = x.meta["val"], lo.meta["val"]
+    shape = shape_of(torch.broadcast_shapes(xv.shape, lov.shape))
+    low_bounded = ctx.add_like("binary", [ctx.tensor(x), ctx.tensor(lo)], shape, torch.result_type(xv, lov), {"op": "maximum"})
+    return ctx.add("binary", [low_bounded, ctx.tensor(hi)], {"op": "minimum"})
 
 
 @converter(aten.clamp.default, aten.hardtanh.default, supports=_has_no_tensor_bounds)

@@ -1,5 +1,8 @@
+"""`binary` (two tensors, or a tensor and a scalar) and `where` (select by a mask)."""
+
 import torch
 
+from kiln.engine.ir.symbolic import evaluate
 from kiln.engine.kernels.registry import reference
 
 BINARY_OPS = {
@@ -7,6 +10,10 @@ BINARY_OPS = {
     "sub": torch.sub,
     "mul": torch.mul,
     "div": torch.div,
+    "div_floor": lambda a, b: torch.div(a, b, rounding_mode="floor"),
+    "div_trunc": lambda a, b: torch.div(a, b, rounding_mode="trunc"),
+    "fmod": torch.fmod,
+    "remainder": torch.remainder,
     "pow": torch.pow,
     "maximum": torch.maximum,
     "minimum": torch.minimum,
@@ -18,11 +25,32 @@ BINARY_OPS = {
     "ge": torch.ge,
     "logical_and": torch.logical_and,
     "logical_or": torch.logical_or,
+    "logical_xor": torch.logical_xor,
+    "bitwise_and": torch.bitwise_and,
+    "bitwise_or": torch.bitwise_or,
+    "bitwise_xor": torch.bitwise_xor,
 }
+
+# Ops whose second operand is scaled by `alpha` (aten.add/sub's alpha argument).
+ALPHA_OPS = {"add": torch.add, "sub": torch.sub}
 
 
 @reference("binary")
 def binary_reference(layer, inputs, run):
-    fn = BINARY_OPS[layer.attrs["op"]]
     a, b = inputs
-    return fn(a, layer.attrs["scalar"] if b is None else b)
+    attrs = layer.attrs
+    if b is None:
+        b = attrs["scalar"]
+        # A scalar taken from a dynamic dim (x / x.shape[0]) is an expression over the symbols.
+        if isinstance(b, str):
+            b = evaluate(b, run.symbols)
+    alpha = attrs.get("alpha", 1)
+    if alpha != 1:
+        return ALPHA_OPS[attrs["op"]](a, b, alpha=alpha)
+    return BINARY_OPS[attrs["op"]](a, b)
+
+
+@reference("where")
+def where_reference(layer, inputs, run):
+    condition, a, b = inputs
+    return torch.where(condition, a, b)

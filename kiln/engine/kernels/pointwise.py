@@ -1,4 +1,4 @@
-"""Pointwise layers: `unary` (one input, op by name) and `binary` (two inputs or a tensor and a scalar)."""
+"""`unary` (one input, op by name) and `copy`; the two-input pointwise layers are in elementwise.py."""
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,19 @@ UNARY_OPS = {
     "sin": lambda x, a: torch.sin(x),
     "cos": lambda x, a: torch.cos(x),
     "logical_not": lambda x, a: torch.logical_not(x),
+    "bitwise_not": lambda x, a: torch.bitwise_not(x),
+    "sign": lambda x, a: torch.sign(x),
+    "floor": lambda x, a: torch.floor(x),
+    "ceil": lambda x, a: torch.ceil(x),
+    "round": lambda x, a: torch.round(x),
+    "trunc": lambda x, a: torch.trunc(x),
+    "isnan": lambda x, a: torch.isnan(x),
+    "isinf": lambda x, a: torch.isinf(x),
+    "log1p": lambda x, a: torch.log1p(x),
+    "log2": lambda x, a: torch.log2(x),
+    "expm1": lambda x, a: torch.expm1(x),
+    "tan": lambda x, a: torch.tan(x),
+    "atan": lambda x, a: torch.atan(x),
 }
 
 

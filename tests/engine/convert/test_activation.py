@@ -26,6 +26,22 @@ ACTIVATIONS = {
     "log": lambda x: torch.log(x.abs() + 0.1),
     "neg": torch.neg,
     "abs": torch.abs,
+    "reciprocal": lambda x: torch.reciprocal(x.abs() + 0.1),
+    "erf": torch.erf,
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "sign": torch.sign,
+    "floor": torch.floor,
+    "ceil": torch.ceil,
+    "round": torch.round,
+    "trunc": torch.trunc,
+    "isnan": lambda x: torch.isnan(torch.log(x)),
+    "isinf": lambda x: torch.isinf(1 / x.round()),
+    "log1p": lambda x: torch.log1p(x.abs()),
+    "log2": lambda x: torch.log2(x.abs() + 0.1),
+    "expm1": torch.expm1,
+    "tan": lambda x: torch.tan(x / 4),
+    "atan": torch.atan,
 }
 
 

@@ -1,0 +1,27 @@
+"""dtype conversions (.float(), .half(), .to(int), type_as → aten._to_copy) → `cast`; clone → `copy`."""
+
+import torch
+
+from kiln.engine.convert.registry import converter
+from kiln.engine.ir.dtypes import dtype_name
+
+aten = torch.ops.aten
+
+
+def _same_device(node):
+    device = node.kwargs.get("device")
+    if device is not None and torch.device(device) != node.args[0].meta["val"].device:
+        return f"copy to another device ({device})"
+    return None
+
+
+@converter(aten._to_copy.default, supports=_same_device)
+def convert_to_copy(ctx, node):
+    # memory_format is not kept: every engine tensor is dense, and the layout pass picks layouts.
+    ((_, dtype),) = ctx.output_specs()
+    return ctx.add("cast", [ctx.tensor(node.args[0])], {"dtype": dtype_name(dtype)})
+
+
+@converter(aten.clone.default)
+def convert_clone(ctx, node):
+    return ctx.add("copy", [ctx.tensor(node.args[0])])
