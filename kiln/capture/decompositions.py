@@ -30,6 +30,14 @@ PRESERVED_OPS = [
     aten.softmax.int,
     aten.conv_transpose2d.input,
     aten.pad.default,
+    # One `norm` layer each, instead of 5-10 pointwise/reduce ops whose fp16 statistics lose accuracy.
+    aten.instance_norm.default,
+    aten.rms_norm.default,
+    # One `resize` layer each; decomposed they become arange/index/clamp graphs of up to ~150 ops (bicubic).
+    aten.upsample_bicubic2d.vec,
+    aten._upsample_nearest_exact2d.vec,
+    aten.upsample_nearest1d.vec,
+    aten.upsample_linear1d.vec,
 ]
 
 

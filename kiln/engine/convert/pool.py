@@ -1,0 +1,80 @@
+"""2-D pooling (max, average, adaptive average, adaptive max) → one `pool` layer kind; `op` says which.
+
+1-D pooling reaches here as unsqueeze + the 2-D op (core-ATen decomposition). The max ops also
+return argmax indices; the engine makes the pooled values only.
+"""
+
+import operator
+
+import torch
+
+from kiln.engine.convert.registry import converter, node_arguments
+
+aten = torch.ops.aten
+
+
+def _pair(value) -> list[int]:
+    # The schema takes int[2]; one value means both axes.
+    values = [value] if isinstance(value, int) else list(value)
+    return values * 2 if len(values) == 1 else values
+
+
+def _pool_check(node):
+    rank = node.args[0].meta["val"].dim()
+    return None if rank in (3, 4) else f"2-D pooling of a rank-{rank} input"
+
+
+def _max_pool_check(node):
+    if any(user.target is not operator.getitem or user.args[1] != 0 for user in node.users):
+        return "uses the indices output of max pooling (only the pooled values are supported)"
+    return _pool_check(node)
+
+
+def _values_only(ctx):
+    specs = ctx.output_specs()
+    return [specs[0]] + [None] * (len(specs) - 1)
+
+
+@converter(aten.max_pool2d_with_indices.default, supports=_max_pool_check)
+def convert_max_pool2d(ctx, node):
+    a = node_arguments(node)
+    kernel = _pair(a["kernel_size"])
+    attrs = {
+        "op": "max",
+        "kernel": kernel,
+        # An empty stride means "the kernel size", as in F.max_pool2d.
+        "stride": _pair(a["stride"]) if a["stride"] else kernel,
+        "padding": _pair(a["padding"]),
+        "dilation": _pair(a["dilation"]),
+        "ceil_mode": bool(a["ceil_mode"]),
+    }
+    return ctx.add("pool", [ctx.tensor(a["input"])], attrs, outputs=_values_only(ctx))
+
+
+@converter(aten.avg_pool2d.default, supports=_pool_check)
+def convert_avg_pool2d(ctx, node):
+    a = node_arguments(node)
+    kernel = _pair(a["kernel_size"])
+    attrs = {
+        "op": "avg",
+        "kernel": kernel,
+        "stride": _pair(a["stride"]) if a["stride"] else kernel,
+        "padding": _pair(a["padding"]),
+        "ceil_mode": bool(a["ceil_mode"]),
+        "count_include_pad": bool(a["count_include_pad"]),
+        "divisor_override": a["divisor_override"],
+    }
+    return ctx.add("pool", [ctx.tensor(a["input"])], attrs)
+
+
+@converter(aten.adaptive_avg_pool2d.default, aten._adaptive_avg_pool2d.default, supports=_pool_check)
+def convert_adaptive_avg_pool2d(ctx, node):
+    a = node_arguments(node)
+    return ctx.add("pool", [ctx.tensor(a["input"])], {"op": "adaptive_avg", "output_size": list(ctx.value(list(a["output_size"])))})
+
+
+@converter(aten.adaptive_max_pool2d.default, supports=_max_pool_check)
+def convert_adaptive_max_pool2d(ctx, node):
+    a = node_arguments(node)
+    attrs = {"op": "adaptive_max", "output_size": list(ctx.value(list(a["output_size"])))}
+    return ctx.add("pool", [ctx.tensor(a["input"])], attrs, outputs=_values_only(ctx))
