@@ -76,7 +76,7 @@ def check_input(value, spec: Input, index: int, device: torch.device) -> None:
 
 def _in_compiled_order(kwargs: dict, in_spec: pytree.TreeSpec) -> dict:
     """Keyword arguments in the order they were compiled with: pytree specs compare dict keys in order."""
-    order = in_spec.children_specs[1].context if in_spec.num_children == 2 else None
+    order = in_spec.child(1).context if in_spec.num_children == 2 else None
     if not kwargs or not order or set(order) != set(kwargs):
         return kwargs
     return {k: kwargs[k] for k in order}
