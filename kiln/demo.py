@@ -11,6 +11,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64, help="image height and width")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    # torch.export trips over its own pytree deprecation; it says nothing about the user's model.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
     device = torch.device(args.device)
 
     model = build_model().to(device)
