@@ -11,7 +11,6 @@ import os
 import tempfile
 import warnings
 
-import safetensors.torch
 import torch
 import torch.utils._pytree as pytree
 
@@ -25,6 +24,7 @@ from kiln.module import CompiledModule
 from kiln.report.partition_report import PartitionReport
 from kiln.serialize import container
 from kiln.serialize.graph_json import graph_from_json, graph_to_json
+from kiln.serialize.weights import pack_weights, unpack_weights
 
 _ENGINE_KEY = "engine/{block}/{name}"
 _CONST_KEY = "const/{name}"
@@ -80,19 +80,14 @@ def to_bytes(compiled: CompiledModule) -> bytes:
         "out_spec": _dump_spec(compiled.out_spec, "outputs"),
         "report": compiled.report.to_json(),
     }
-    # safetensors refuses views that share storage; each tensor gets its own contiguous CPU copy.
-    weights = safetensors.torch.save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
+    weights, manifest["weight_orders"] = pack_weights(tensors)
     return container.pack(manifest, weights)
 
 
 def from_bytes(data: bytes, source: str = "<bytes>", device: torch.device | str | None = None) -> CompiledModule:
     contents = container.unpack(data, source)
     try:
-        weights = safetensors.torch.load(contents.weights)
-    except Exception as exc:  # safetensors raises its own SafetensorError; any failure means a bad blob
-        raise CorruptFileError(f"{source} cannot be loaded: its weights are not valid safetensors ({exc})") from None
-    try:
-        return _rebuild(contents.manifest, weights, device)
+        return _rebuild(contents.manifest, contents.weights, device)
     except CorruptFileError as exc:
         raise CorruptFileError(f"{source} cannot be loaded: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -100,19 +95,20 @@ def from_bytes(data: bytes, source: str = "<bytes>", device: torch.device | str 
         raise CorruptFileError(f"{source} cannot be loaded: its manifest is malformed ({type(exc).__name__}: {exc})") from None
 
 
-def _rebuild(manifest: dict, weights: dict[str, torch.Tensor], device) -> CompiledModule:
+def _rebuild(manifest: dict, blob: bytes, device) -> CompiledModule:
     target = _target_device(manifest["device"], device)
+    weights = unpack_weights(blob, manifest["weight_orders"], target)
     root = torch.nn.Module()
     for block, plan_json in manifest["engines"].items():
         prefix = _ENGINE_KEY.format(block=block, name="")
-        plan_weights = {k[len(prefix) :]: v.to(target) for k, v in weights.items() if k.startswith(prefix)}
+        plan_weights = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
         plan = Plan.from_json(plan_json, plan_weights)
         _check_tactics(plan, block, target)
         plan.device = str(target)
         root.add_module(block, EngineModule(plan, block))
     constants = set(manifest["constants"])
     for name in constants:
-        _set_attr(root, name, weights[_CONST_KEY.format(name=name)].to(target))
+        _set_attr(root, name, weights[_CONST_KEY.format(name=name)])
     graph = graph_from_json(manifest["graph"], set(manifest["engines"]), constants, target)
     graph.lint()
     gm = torch.fx.GraphModule(root, graph)
