@@ -106,3 +106,22 @@ def test_getitem_and_aten_ops_survive(mixed):
     targets = {n.target for n in loaded.graph_module.graph.nodes if n.op == "call_function"}
     assert operator.getitem in targets
     assert torch.ops.aten.cumsum.default in targets
+
+
+def test_dynamic_batch_round_trip(tmp_path):
+    from tests.serialize.conftest import MixedModel
+
+    torch.manual_seed(0)
+    model = MixedModel().eval()
+    spec = kiln.Input(min_shape=(1, 8), opt_shape=(4, 8), max_shape=(8, 8))
+    compiled = kiln.compile(model, [spec, spec], min_block_size=1)
+    kiln.save(compiled, tmp_path / "dyn.kiln")
+    loaded = kiln.load(tmp_path / "dyn.kiln")
+    assert loaded.input_specs[0].is_dynamic
+    for batch in (1, 5, 8):
+        x, scale = torch.randn(batch, 8), torch.rand(batch, 8)
+        with torch.no_grad():
+            assert_outputs_match(loaded(x, scale), compiled(x, scale), rtol=0.0)
+            assert_outputs_match(loaded(x, scale), model(x, scale))
+    with pytest.raises(kiln.InputMismatchError, match="outside the compiled range 1..8"):
+        loaded(torch.randn(9, 8), torch.rand(9, 8))
