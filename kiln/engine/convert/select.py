@@ -16,8 +16,9 @@ def _arg(node, i, name, default):
     return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
 
 
-def _rank(node) -> int:
-    return node.args[0].meta["val"].dim()
+def _dim(node, dim: int) -> int:
+    # A 0-d input takes dim 0 or -1, as in torch.
+    return dim % max(node.args[0].meta["val"].dim(), 1)
 
 
 def _static_step(node):
@@ -29,7 +30,7 @@ def _static_step(node):
 @converter(aten.slice.Tensor, supports=_static_step)
 def convert_slice(ctx, node):
     attrs = {
-        "dim": _arg(node, 1, "dim", 0) % _rank(node),
+        "dim": _dim(node, _arg(node, 1, "dim", 0)),
         "start": ctx.value(_arg(node, 2, "start", None)),
         "end": ctx.value(_arg(node, 3, "end", None)),
         "step": int(_arg(node, 4, "step", 1)),
@@ -40,13 +41,17 @@ def convert_slice(ctx, node):
 @converter(aten.select.int)
 def convert_select(ctx, node):
     x, dim, index = node.args
-    return ctx.add("select", [ctx.tensor(x)], {"dim": dim % _rank(node), "index": ctx.value(index)})
+    return ctx.add("select", [ctx.tensor(x)], {"dim": _dim(node, dim), "index": ctx.value(index)})
 
 
-@converter(aten.index_select.default)
+def _not_scalar(node):
+    return "index_select on a 0-d tensor" if node.args[0].meta["val"].dim() == 0 else None
+
+
+@converter(aten.index_select.default, supports=_not_scalar)
 def convert_index_select(ctx, node):
     x, dim, index = node.args
-    return ctx.add("index_select", [ctx.tensor(x), ctx.tensor(index)], {"dim": dim % _rank(node)})
+    return ctx.add("index_select", [ctx.tensor(x), ctx.tensor(index)], {"dim": _dim(node, dim)})
 
 
 @converter(aten.embedding.default)
@@ -76,4 +81,4 @@ def convert_index(ctx, node):
 @converter(aten.gather.default)
 def convert_gather(ctx, node):
     x, dim, index = node.args[:3]
-    return ctx.add("gather", [ctx.tensor(x), ctx.tensor(index)], {"dim": dim % _rank(node)})
+    return ctx.add("gather", [ctx.tensor(x), ctx.tensor(index)], {"dim": _dim(node, dim)})

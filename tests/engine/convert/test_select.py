@@ -90,3 +90,7 @@ def test_unsupported_indexing_falls_back_with_reason(fn, reason):
     x = torch.randn(4, 6)
     report = kiln.compile(Lambda(fn), [x], min_block_size=1, dryrun=True)
     assert any(reason in row.reason for row in report.rows), report.table()
+
+
+def test_gather_on_a_scalar():
+    check_against_eager(Lambda(lambda x, i: x.gather(-1, i)), torch.tensor(2.5), torch.tensor(0))
