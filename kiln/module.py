@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.utils._pytree as pytree
 
+from kiln.capture.dynamic import check_symbols
 from kiln.capture.input_spec import Input
 from kiln.engine.ir.dtypes import dtype_name
 from kiln.errors import InputMismatchError
@@ -41,6 +42,7 @@ class CompiledModule(torch.nn.Module):
             )
         for i, (value, spec_i) in enumerate(zip(flat, self.input_specs)):
             check_input(value, spec_i, i, self.device)
+        check_symbols(flat, self.input_specs)
         outputs = self.graph_module(*flat)
         return pytree.tree_unflatten(list(outputs), self.out_spec)
 

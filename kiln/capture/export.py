@@ -9,7 +9,7 @@ import torch.utils._pytree as pytree
 from torch.export.graph_signature import InputKind, OutputKind
 
 from kiln.capture.decompositions import decomposition_table
-from kiln.capture.dynamic import dynamic_shapes_for
+from kiln.capture.dynamic import capture_example, dynamic_shapes_for, read_symbolic_shapes, symbol_table, verify_small_sizes
 from kiln.capture.explain import capture_error
 from kiln.capture.input_spec import Input
 from kiln.errors import CaptureError, KilnError
@@ -43,9 +43,12 @@ def flatten_input_specs(arg_inputs, kwarg_inputs) -> tuple[list, pytree.TreeSpec
     return specs, spec
 
 
-def capture(module: torch.nn.Module, arg_inputs, kwarg_inputs, settings: CompileSettings) -> CapturedGraph:
+def capture(
+    module: torch.nn.Module, arg_inputs, kwarg_inputs, settings: CompileSettings, *, allow_specialization: bool = False
+) -> CapturedGraph:
+    """`allow_specialization`: a ranged dim the model fixes to one size becomes static instead of an error."""
     specs, flat_spec = flatten_input_specs(arg_inputs, kwarg_inputs)
-    examples = [s.example(settings.device) for s in specs]
+    examples = [capture_example(s, settings.device) for s in specs]
     args, kwargs = pytree.tree_unflatten(examples, flat_spec)
     dynamic_shapes = dynamic_shapes_for(specs, flat_spec)
     try:
@@ -53,11 +56,20 @@ def capture(module: torch.nn.Module, arg_inputs, kwarg_inputs, settings: Compile
         program = program.run_decompositions(decomposition_table())
     except Exception as exc:  # torch raises many kinds; all mean "could not capture"
         raise capture_error(module, exc) from exc
+    mutated = [o.target for o in program.graph_signature.output_specs if o.kind == OutputKind.USER_INPUT_MUTATION]
+    if mutated:
+        raise CaptureError(
+            f"{type(module).__name__} writes in place into its input(s) {mutated}; a Kiln engine returns new tensors "
+            "and would silently drop that write. What to do: use the out-of-place op (x = x + 1, not x.add_(1))."
+        )
     gm = freeze(program)
     names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     for spec, name in zip(specs, names):
         if spec.name is None:
             spec.name = name
+    read_symbolic_shapes(gm, specs, allow_specialization=allow_specialization)
+    symbol_table(specs)  # raises now, at compile time, for a dim Kiln could not read at call time
+    verify_small_sizes(module, gm, specs, flat_spec, settings.device)
     return CapturedGraph(gm, program.call_spec.in_spec, program.call_spec.out_spec, specs, names)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from kiln.engine.ir.dtypes import dtype_from_name, dtype_name
-from kiln.errors import KilnError
+from kiln.errors import CorruptFileError, KilnError
 
 _FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -58,6 +58,9 @@ class Input:
         self.dtype = dtype
         self.format = format
         self.name = name
+        # Set by capture on a ranged input: each dim as torch.export saw it, an int or a symbol
+        # expression ("s0", "2*s0"); dims of different inputs with one symbol must agree at call time.
+        self.symbolic_shape: list[int | str] | None = None
 
     @classmethod
     def from_tensor(cls, tensor: torch.Tensor, name: str | None = None) -> Input:
@@ -108,11 +111,12 @@ class Input:
             "dtype": dtype_name(self.dtype),
             "format": next(k for k, v in _FORMATS.items() if v == self.format),
             "name": self.name,
+            "symbolic_shape": self.symbolic_shape,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> Input:
-        return cls(
+        spec = cls(
             min_shape=data["min_shape"],
             opt_shape=data["opt_shape"],
             max_shape=data["max_shape"],
@@ -120,6 +124,8 @@ class Input:
             format=_FORMATS[data["format"]],
             name=data.get("name"),
         )
+        spec.symbolic_shape = _symbolic_shape(data.get("symbolic_shape"), len(spec.opt_shape))
+        return spec
 
     def __repr__(self) -> str:
         if self.is_dynamic:
@@ -138,6 +144,23 @@ def _as_shape(shape, what: str) -> tuple[int, ...]:
     if any(d < 0 for d in shape):
         raise KilnError(f"kiln.Input {what} has a negative dimension: {shape!r}.")
     return tuple(shape)
+
+
+def _symbolic_shape(dims, rank: int) -> list[int | str] | None:
+    """A file's symbolic shape, checked: dims are evaluated at call time, so each must parse as an integer expression."""
+    from kiln.engine.ir.symbolic import symbols_in
+
+    if dims is None:
+        return None
+    if not isinstance(dims, list) or len(dims) != rank or not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in dims):
+        raise CorruptFileError(f"input symbolic_shape {dims!r} is not a list of {rank} ints or expressions")
+    for d in dims:
+        if isinstance(d, str):
+            try:
+                symbols_in(d)
+            except SyntaxError:
+                raise CorruptFileError(f"input symbolic_shape has a bad dimension {d!r}") from None
+    return dims
 
 
 def _label(name: str | None) -> str:

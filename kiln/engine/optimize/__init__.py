@@ -32,3 +32,7 @@ def optimize_network(network: Network, block, captured, settings: CompileSetting
     for network_pass in OPTIMIZE_PASSES:
         network = network_pass(network, ctx)
     return network
+
+
+# Pass modules, in the order their passes run.
+from kiln.engine.optimize import bind_symbols  # noqa: E402, F401
