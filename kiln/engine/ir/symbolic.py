@@ -24,7 +24,18 @@ _BINARY = {
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
 }
-_FUNCS = {"Max": max, "Min": min, "max": max, "min": min}
+# sympy prints these for sizes: Mod/PythonMod for `s % k` (sizes are non-negative, so Python's % fits both),
+# FloorDiv/CeilDiv in their function forms, Max/Min from broadcasting and clamps.
+_FUNCS = {
+    "Max": max,
+    "Min": min,
+    "max": max,
+    "min": min,
+    "Mod": operator.mod,
+    "PythonMod": operator.mod,
+    "FloorDiv": operator.floordiv,
+    "CeilDiv": lambda a, b: -(-a // b),
+}
 
 
 def dim_of(value) -> Dim:
