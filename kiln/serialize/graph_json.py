@@ -1,7 +1,8 @@
 """The top-level FX graph of a CompiledModule <-> JSON, without pickle and without running code from the file.
 
 Targets of call_function nodes are written as names and, on load, resolved only from an
-allowlist: an aten-style OpOverload found with getattr on torch.ops, or operator.getitem.
+allowlist: an aten-style OpOverload found with getattr on torch.ops, or one of a few pure
+functions from `operator` (getitem, and integer arithmetic on sizes).
 Arguments are JSON values; anything else (node references, tuples, dtypes, non-finite
 floats) is a one-key object whose key says what it is.
 """
@@ -17,7 +18,12 @@ from torch.fx import Graph, Node
 
 from kiln.errors import CorruptFileError, KilnError
 
-_GETITEM = "operator.getitem"
+# Pure functions of Python values that FX graphs call directly: getitem unpacks multi-output ops,
+# the arithmetic ones compute sizes of dynamic dims (SymInt + SymInt). None can reach code.
+_PYTHON_FUNCTIONS = {
+    f"operator.{fn.__name__}": fn
+    for fn in (operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv, operator.mod, operator.neg)
+}
 # One part of an op name: an identifier, but never a dunder, so getattr cannot reach object internals.
 _NAME_PART = re.compile(r"^(?!__)[A-Za-z_][A-Za-z0-9_]*$")
 _NODE_OPS = ("placeholder", "get_attr", "call_function", "call_module", "output")
@@ -25,8 +31,9 @@ _NODE_OPS = ("placeholder", "get_attr", "call_function", "call_module", "output"
 
 def target_name(target) -> str:
     """The name a call_function target is saved under; KilnError if it is not on the allowlist."""
-    if target is operator.getitem:
-        return _GETITEM
+    for name, fn in _PYTHON_FUNCTIONS.items():
+        if target is fn:
+            return name
     if isinstance(target, torch._ops.OpOverload):
         return f"{target.namespace}.{target._opname}.{target._overloadname}"
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
@@ -38,9 +45,9 @@ def target_name(target) -> str:
 
 
 def resolve_target(name: str):
-    """The callable for a saved target name, looked up only among torch.ops operators and operator.getitem."""
-    if name == _GETITEM:
-        return operator.getitem
+    """The callable for a saved target name, looked up only among torch.ops operators and _PYTHON_FUNCTIONS."""
+    if name in _PYTHON_FUNCTIONS:
+        return _PYTHON_FUNCTIONS[name]
     parts = name.split(".") if isinstance(name, str) else []
     if len(parts) != 3 or not all(_NAME_PART.match(p) for p in parts):
         raise CorruptFileError(f"graph calls {name!r}, which is not a torch.ops operator name (namespace.op.overload)")
