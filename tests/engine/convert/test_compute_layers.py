@@ -5,9 +5,10 @@ import json
 import torch
 import torch.nn.functional as F
 
+import kiln
 from kiln.engine.plan import Plan
 from kiln.engine.runtime import PlanExecutor
-from tests.helpers import check_against_eager
+from tests.helpers import assert_outputs_match, check_against_eager
 
 
 class _EveryComputeKind(torch.nn.Module):
@@ -42,3 +43,20 @@ def test_compute_layers_round_trip_through_json():
     plan = Plan.from_json(json.loads(text), engine.plan.weights)
     inputs = [x]
     torch.testing.assert_close(PlanExecutor(plan).run(inputs), engine.executor.run(inputs))
+
+
+class _SizesFromDynamicDims(torch.nn.Module):
+    def forward(self, x):
+        y = F.pad(x, (0, x.shape[-1] // 2))
+        y = F.interpolate(y, size=(x.shape[-2] * 2, x.shape[-1]), mode="bilinear")
+        y = F.adaptive_avg_pool2d(F.max_pool2d(y, 2, ceil_mode=True), (3, 3)) + y.amax((2, 3), keepdim=True)
+        return F.softmax(y, -1), F.scaled_dot_product_attention(y, y, y, is_causal=True)
+
+
+def test_symbolic_pad_and_resize_sizes_follow_the_input():
+    model = _SizesFromDynamicDims()
+    spec = kiln.Input(min_shape=(1, 3, 4, 4), opt_shape=(2, 3, 6, 6), max_shape=(4, 3, 16, 16))
+    compiled = kiln.compile(model, [spec], min_block_size=1, require_full_compilation=True)
+    for shape in [(1, 3, 4, 4), (3, 3, 7, 9), (4, 3, 16, 16)]:
+        x = torch.randn(shape)
+        assert_outputs_match(compiled(x), model(x))
