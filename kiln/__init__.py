@@ -2,6 +2,8 @@
 
 from kiln.api import compile
 from kiln.capture.input_spec import Input
+from kiln.dynamo import explain  # importing kiln.dynamo registers torch.compile(backend="kiln")
+from kiln.engine.runtime.profiler import profile
 from kiln.errors import CaptureError, CorruptFileError, InputMismatchError, KilnError, UnsupportedOpError
 from kiln.module import CompiledModule
 from kiln.serialize import load, save
@@ -13,6 +15,8 @@ __all__ = [
     "Input",
     "save",
     "load",
+    "explain",
+    "profile",
     "CompiledModule",
     "KilnError",
     "CaptureError",

@@ -29,6 +29,31 @@ class Step:
 
 
 @dataclass
+class ArenaPlan:
+    """Where each activation lives in one buffer of `size` bytes; tensors whose lifetimes overlap never share bytes."""
+
+    size: int
+    # tensor name -> (byte offset, byte size at the max shapes)
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Live bytes at the worst step and the bytes a plan without reuse would need: the report shows both.
+    peak_live: int = 0
+    total_unshared: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "size": self.size,
+            "offsets": {k: list(v) for k, v in self.offsets.items()},
+            "peak_live": self.peak_live,
+            "total_unshared": self.total_unshared,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ArenaPlan:
+        offsets = {k: (int(v[0]), int(v[1])) for k, v in data["offsets"].items()}
+        return cls(int(data["size"]), offsets, int(data.get("peak_live", 0)), int(data.get("total_unshared", 0)))
+
+
+@dataclass
 class Plan:
     inputs: list[str]
     outputs: list[str]
@@ -40,6 +65,11 @@ class Plan:
     compute_dtype: torch.dtype = torch.float32
     # Layers the builder kept in FP32 although a lower precision was enabled, with the reason.
     kept_fp32: dict[str, str] = field(default_factory=dict)
+    # The activation arena planned from tensor lifetimes at the max symbol values (builder/memory.py).
+    arena: ArenaPlan | None = None
+    # Runtime: record one CUDA graph per input-shape profile, keep at most this many (LRU).
+    cuda_graphs: bool = True
+    max_cuda_graphs: int = 16
 
     def to_json(self) -> dict:
         """Everything but the weight values (those go to safetensors under their tensor names)."""
@@ -54,6 +84,9 @@ class Plan:
             "device": self.device,
             "compute_dtype": dtype_name(self.compute_dtype),
             "kept_fp32": self.kept_fp32,
+            "arena": self.arena.to_json() if self.arena is not None else None,
+            "cuda_graphs": self.cuda_graphs,
+            "max_cuda_graphs": self.max_cuda_graphs,
         }
 
     @classmethod
@@ -70,4 +103,7 @@ class Plan:
             device=data["device"],
             compute_dtype=dtype_from_name(data["compute_dtype"]),
             kept_fp32=dict(data.get("kept_fp32", {})),
+            arena=ArenaPlan.from_json(data["arena"]) if data.get("arena") else None,
+            cuda_graphs=bool(data.get("cuda_graphs", True)),
+            max_cuda_graphs=int(data.get("max_cuda_graphs", 16)),
         )

@@ -35,4 +35,11 @@ def optimize_network(network: Network, block, captured, settings: CompileSetting
 
 
 # Pass modules, in the order their passes run.
-from kiln.engine.optimize import bind_symbols  # noqa: E402, F401
+from kiln.engine.optimize import bind_symbols  # noqa: E402, F401, I001
+
+
+# Registration order is run order: fusion first (fewer layers to assign), then precision (it
+# inserts boundary casts), then layout (which follows those casts to the network inputs).
+from kiln.engine.optimize import fuse_conv  # noqa: E402, F401, I001
+from kiln.engine.optimize import precision  # noqa: E402, F401, I001
+from kiln.engine.optimize import layout  # noqa: E402, F401, I001

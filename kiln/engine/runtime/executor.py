@@ -1,12 +1,60 @@
-"""Executes a Plan: a flat list of (tactic, input slots, output slots), values freed after last use."""
+"""Executes a Plan: a flat list of (tactic, input slots, output slots), values freed after last use.
+
+This is the eager executor: on the CPU it is the runtime; on CUDA it runs once per input-shape
+profile to warm up and once inside CUDA-graph capture (cuda_graphs.py), and never again.
+
+With an arena (one byte buffer laid out by builder/memory.py), tactics that can write into a
+given tensor ask `arena_output(run, i)` for their i-th output and get a view of the arena at
+the planned offset; the others allocate as usual.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 
 import kiln.engine.kernels  # noqa: F401  (registers every tactic)
+from kiln.engine.ir.symbolic import evaluate_shape
+from kiln.engine.ir.tensor import Layout, TensorDesc
 from kiln.engine.kernels.registry import RunContext, get_tactic
-from kiln.engine.plan import Plan
+from kiln.engine.plan import ArenaPlan, Plan
+
+
+class ArenaRunContext(RunContext):
+    """A RunContext that also hands out the current layer's output buffers from the arena."""
+
+    def __init__(self, symbols: Mapping[str, int], arena: torch.Tensor, plan: ArenaPlan, tensors: Mapping[str, TensorDesc]):
+        super().__init__(symbols)
+        self.arena = arena
+        self.plan = plan
+        self.tensors = tensors
+        self.current_outputs: list[str] = []
+
+    def output(self, index: int) -> torch.Tensor | None:
+        name = self.current_outputs[index]
+        placed = self.plan.offsets.get(name)
+        if placed is None:
+            return None
+        return arena_view(self.arena, placed[0], self.tensors[name], self.symbols)
+
+
+def arena_output(run: RunContext, index: int) -> torch.Tensor | None:
+    """The planned buffer for the running layer's `index`-th output, or None (then allocate)."""
+    return run.output(index) if isinstance(run, ArenaRunContext) else None
+
+
+def arena_view(arena: torch.Tensor, offset: int, desc: TensorDesc, symbols: Mapping[str, int]) -> torch.Tensor:
+    shape = evaluate_shape(desc.shape, symbols)
+    numel = 1
+    for d in shape:
+        numel *= d
+    itemsize = torch.empty((), dtype=desc.dtype).element_size()
+    flat = arena[offset : offset + numel * itemsize].view(desc.dtype)
+    if desc.layout == Layout.CHANNELS_LAST and len(shape) == 4:
+        n, c, h, w = shape
+        return flat.view(n, h, w, c).permute(0, 3, 1, 2)
+    return flat.view(shape)
 
 
 class PlanExecutor:
@@ -37,14 +85,20 @@ class PlanExecutor:
     def symbols_for(self, inputs: list[torch.Tensor]) -> dict[str, int]:
         return {name: inputs[src[0][0]].shape[src[0][1]] for name, src in self.symbol_sources.items() if src}
 
-    def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def run(self, inputs: list[torch.Tensor], arena: torch.Tensor | None = None) -> list[torch.Tensor]:
         values: list = [None] * self.num_slots
         for s, v in zip(self.input_slots, inputs):
             values[s] = v
         for s, w in self.weight_values:
             values[s] = w
-        run = RunContext(self.symbols_for(inputs))
+        symbols = self.symbols_for(inputs)
+        if arena is not None and self.plan.arena is not None:
+            run = ArenaRunContext(symbols, arena, self.plan.arena, self.plan.tensors)
+        else:
+            run = RunContext(symbols)
         for fn, layer, ins, outs, frees in self.program:
+            if isinstance(run, ArenaRunContext):
+                run.current_outputs = layer.outputs
             result = fn(layer, [values[i] if i is not None else None for i in ins], run)
             if isinstance(result, torch.Tensor):
                 values[outs[0]] = result

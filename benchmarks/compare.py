@@ -1,0 +1,302 @@
+"""Side-by-side benchmark: eager PyTorch, TorchScript, torch.compile(reduce-overhead) and Kiln, in one process.
+
+    PYTHONPATH=. python3 benchmarks/compare.py --models efficientnet_b0,resnet50,vit_base_patch16_224 \
+        --batches 1,large --out docs/benchmarks/h100
+    python -m kiln bench --models resnet50 --batches 1 --modes inductor-ro,kiln
+
+timm models with random weights (pretrained=False), FP16, `torch.inference_mode()`,
+`cudnn.benchmark = True`. Each call is timed alone with CUDA events after a synchronisation
+(latency, host work included), after warm-up; median and p90 over --iters calls. Build time
+is construction plus the first three calls (torch.compile compiles and records its CUDA graphs
+there). Peak memory is the most allocated on the GPU during that mode's build and run, above
+what was allocated before it started (the FP16 model and input are shared by all modes, so
+they are not counted; Kiln's own weight copy is).
+
+Modes: eager = the FP16 model as is; ts = torch.jit.optimize_for_inference(torch.jit.trace(m, x));
+inductor-ro = torch.compile(m, mode="reduce-overhead"), channels-last for CNNs; kiln =
+kiln.compile(m, inputs=[x], enabled_precisions={torch.half}).
+
+Writes results.json, results.md and results.png (and, with --profile, kiln_profiles.md:
+Kiln's per-layer profile of each case) under --out, and prints each peer's time over Kiln's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import kiln  # noqa: E402
+
+MODELS = ["efficientnet_b0", "resnet50", "vit_base_patch16_224"]
+CNNS = {"efficientnet_b0", "resnet50"}
+# "large" batch per model: ViT-B/16 at 128 needs more memory than the peers' graphs leave room for comfortably.
+LARGE_BATCH = {"vit_base_patch16_224": 64}
+MODES = ["eager", "ts", "inductor-ro", "kiln"]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--batches", default="1,large", help="comma list of ints; 'large' = 128 (ViT: 64)")
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    p.add_argument("--profile", action="store_true", help="also write Kiln's per-layer profile of each case")
+    p.add_argument("--timing-cache", default=None, help="Kiln timing cache file (default: none, time everything)")
+    p.add_argument("--no-plot", action="store_true")
+    return p.parse_args(argv)
+
+
+def batches_for(model: str, spec: str) -> list[int]:
+    out = []
+    for item in spec.split(","):
+        out.append(LARGE_BATCH.get(model, 128) if item.strip() == "large" else int(item))
+    return out
+
+
+def build_mode(mode: str, model_name: str, model: torch.nn.Module, x: torch.Tensor, args):
+    """Return (callable running one inference, info dict)."""
+    cnn = model_name in CNNS
+    if mode == "eager":
+        return (lambda: model(x)), {}
+    if mode == "ts":
+        with torch.no_grad():
+            ts = torch.jit.optimize_for_inference(torch.jit.trace(model, x))
+        return (lambda: ts(x)), {}
+    if mode == "inductor-ro":
+        m, xi = model, x
+        if cnn:
+            m = copy.deepcopy(model).to(memory_format=torch.channels_last)
+            xi = x.contiguous(memory_format=torch.channels_last)
+        compiled = torch.compile(m, mode="reduce-overhead")
+        return (lambda: compiled(xi)), {"channels_last": cnn}
+    if mode == "kiln":
+        compiled = kiln.compile(model, inputs=[x], enabled_precisions={torch.half}, timing_cache_path=args.timing_cache)
+        info = {"engine": compiled.report.summary()}
+        return (lambda: compiled(x)), {**info, "_compiled": compiled}
+    raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+
+
+def time_calls(fn, warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+
+
+def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list) -> list[dict]:
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False).eval().cuda().half()
+    x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.half)
+    with torch.inference_mode():
+        ref = model(x).float()
+    rows = []
+    for mode in modes:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        row = {"model": model_name, "batch": batch, "mode": mode}
+        print(f"[{model_name} b{batch}] {mode} ...", flush=True)
+        try:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                fn, info = build_mode(mode, model_name, model, x, args)
+                for _ in range(3):
+                    out = fn()
+                torch.cuda.synchronize()
+                row["build_s"] = round(time.perf_counter() - t0, 2)
+                row["rel_err_vs_eager"] = relative_error(out.float(), ref)
+                times = time_calls(fn, args.warmup, args.iters)
+            times.sort()
+            row["median_ms"] = statistics.median(times)
+            row["p90_ms"] = times[int(0.9 * (len(times) - 1))]
+            row["img_per_s"] = batch / row["median_ms"] * 1e3
+            row["peak_mem_mb"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+            compiled = info.pop("_compiled", None)
+            row.update(info)
+            if compiled is not None and args.profile:
+                with torch.inference_mode():
+                    prof = kiln.profile(compiled, x)
+                profiles.append((model_name, batch, prof))
+            print(
+                f"[{model_name} b{batch}] {mode}: median {row['median_ms']:.3f} ms, p90 {row['p90_ms']:.3f} ms, "
+                f"build {row['build_s']} s, peak {row['peak_mem_mb']} MB, err {row['rel_err_vs_eager']:.2e}",
+                flush=True,
+            )
+        except Exception as exc:  # one failing peer must not lose the others' numbers
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            traceback.print_exc()
+        finally:
+            fn = info = compiled = None  # noqa: F841
+            if mode == "inductor-ro":
+                torch._dynamo.reset()
+        rows.append(row)
+    del model
+    return rows
+
+
+def environment() -> dict:
+    import timm
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "triton": triton_version,
+        "timm": timm.__version__,
+        "kiln": kiln.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python3 benchmarks/compare.py " + " ".join(sys.argv[1:]),
+    }
+
+
+def kiln_ratios(rows: list[dict]) -> list[str]:
+    """One line per case: each peer's median time over Kiln's (above 1: Kiln is faster)."""
+    lines = []
+    cases = sorted({(r["model"], r["batch"]) for r in rows}, key=lambda c: (MODELS.index(c[0]) if c[0] in MODELS else 99, c[1]))
+    for model, batch in cases:
+        case = {r["mode"]: r for r in rows if r["model"] == model and r["batch"] == batch and "median_ms" in r}
+        if "kiln" not in case:
+            continue
+        k = case["kiln"]["median_ms"]
+        parts = [f"{m} {r['median_ms'] / k:.2f}x" for m, r in case.items() if m != "kiln"]
+        lines.append(f"{model} b{batch}: kiln {k:.3f} ms; peer time / kiln time: " + ", ".join(parts))
+    return lines
+
+
+def markdown(rows: list[dict], env: dict) -> str:
+    out = [
+        "# Kiln vs eager, TorchScript and torch.compile (FP16)",
+        "",
+        f"- GPU: {env['gpu']}; torch {env['torch']} (CUDA {env['cuda']}, cuDNN {env['cudnn']}), Triton {env['triton']}, "
+        f"timm {env['timm']}, Kiln {env['kiln']}",
+        f"- Date: {env['date']}",
+        f"- Command: `{env['command']}`",
+        "- Latency per call with CUDA events after a synchronisation, after warm-up; `vs kiln` = the mode's median over "
+        "Kiln's (above 1: Kiln is faster). Peak MB: most GPU memory the mode allocated beyond the shared FP16 model and input.",
+        "",
+        "| model | batch | mode | median ms | p90 ms | img/s | build s | peak MB | max rel err vs eager | vs kiln |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    kiln_ms = {(r["model"], r["batch"]): r["median_ms"] for r in rows if r["mode"] == "kiln" and "median_ms" in r}
+    for r in rows:
+        if "median_ms" not in r:
+            out.append(f"| {r['model']} | {r['batch']} | {r['mode']} | failed: {r.get('error', '?')} | | | | | | |")
+            continue
+        k = kiln_ms.get((r["model"], r["batch"]))
+        ratio = f"{r['median_ms'] / k:.2f}x" if k else ""
+        out.append(
+            f"| {r['model']} | {r['batch']} | {r['mode']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | {r['img_per_s']:,.0f} | "
+            f"{r['build_s']} | {r['peak_mem_mb']} | {r['rel_err_vs_eager']:.1e} | {ratio} |"
+        )
+    engines = {(r["model"], r["batch"]): r["engine"] for r in rows if r.get("engine")}
+    if engines:
+        out += ["", "Kiln partition per case:", ""]
+        out += [f"- {m} b{b}: {text}" for (m, b), text in engines.items()]
+    return "\n".join(out) + "\n"
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = []
+    for r in rows:
+        if (r["model"], r["batch"]) not in cases:
+            cases.append((r["model"], r["batch"]))
+    fig, axes = plt.subplots(1, len(cases), figsize=(3.2 * len(cases), 3.6), squeeze=False)
+    colors = {"eager": "#999999", "ts": "#6a9fd4", "inductor-ro": "#e3a23b", "kiln": "#c0392b"}
+    for ax, (model, batch) in zip(axes[0], cases):
+        case = [r for r in rows if r["model"] == model and r["batch"] == batch and "median_ms" in r]
+        names = [r["mode"] for r in case]
+        values = [r["median_ms"] for r in case]
+        bars = ax.bar(names, values, color=[colors.get(n, "#555555") for n in names])
+        for bar, v in zip(bars, values):
+            ax.annotate(f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+        ax.set_title(f"{model}\nbatch {batch}", fontsize=8)
+        ax.set_ylabel("median ms / call (lower is better)", fontsize=7)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/compare.py measures on a CUDA GPU; none is visible here.")
+        return 2
+    torch.backends.cudnn.benchmark = True
+    os.makedirs(args.out, exist_ok=True)
+    env = environment()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    rows, profiles = [], []
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        for batch in batches_for(model, args.batches):
+            rows.extend(run_case(model, batch, modes, args, profiles))
+            with open(os.path.join(args.out, "results.json"), "w") as f:
+                json.dump({"env": env, "rows": rows}, f, indent=1)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(markdown(rows, env))
+    if profiles:
+        with open(os.path.join(args.out, "kiln_profiles.md"), "w") as f:
+            for model, batch, prof in profiles:
+                f.write(f"## {model}, batch {batch}\n\n```\n{prof.table(top=30)}\n```\n\n")
+        with open(os.path.join(args.out, "kiln_profiles.json"), "w") as f:
+            json.dump([{"model": m, "batch": b, **p.to_json()} for m, b, p in profiles], f)
+    if not args.no_plot:
+        try:
+            plot(rows, os.path.join(args.out, "results.png"))
+        except ImportError:
+            print("matplotlib is not installed: no chart")
+    print(markdown(rows, env))
+    for line in kiln_ratios(rows):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

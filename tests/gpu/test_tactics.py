@@ -1,0 +1,85 @@
+"""Every fast ATen tactic against its layer kind's reference, on the GPU, in FP16 (fresh random inputs)."""
+
+import pytest
+import torch
+
+import kiln
+import kiln.engine.kernels  # noqa: F401
+from kiln.engine.ir.network import Layer
+from kiln.engine.kernels.registry import REFERENCE, BuildTarget, RunContext, tactics_for
+from tests.gpu.models import init_bn
+from tests.helpers import relative_error
+
+CUDA = torch.device("cuda")
+TARGET = BuildTarget(CUDA, torch.half)
+CONV = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "transposed": False, "output_padding": [0, 0], "groups": 1}
+
+
+def _h(*shape):
+    return torch.randn(*shape, device=CUDA).half()
+
+
+CASES = {
+    "conv": (Layer("conv", "c", ["x", "w", "b"], ["y"], CONV), lambda: [_h(2, 16, 14, 14), _h(32, 16, 3, 3) * 0.1, _h(32)]),
+    "conv_relu": (
+        Layer("conv_epilogue", "c", ["x", "w", "b", None], ["y"], {**CONV, "activation": "relu", "residual": False}),
+        lambda: [_h(2, 16, 14, 14), _h(32, 16, 3, 3) * 0.1, _h(32), None],
+    ),
+    "conv_add_relu": (
+        Layer("conv_epilogue", "c", ["x", "w", "b", "r"], ["y"], {**CONV, "activation": "relu", "residual": True}),
+        lambda: [_h(2, 16, 14, 14), _h(32, 16, 3, 3) * 0.1, _h(32), _h(2, 32, 14, 14)],
+    ),
+    "linear": (Layer("linear", "l", ["x", "w", "b"], ["y"]), lambda: [_h(2, 50, 64), _h(96, 64) * 0.1, _h(96)]),
+    "binary_add": (Layer("binary", "a", ["x", "y"], ["z"], {"op": "add"}), lambda: [_h(2, 8, 5, 5), _h(2, 8, 1, 1)]),
+    "attention": (
+        Layer("attention", "s", ["q", "k", "v", None], ["o"], {"is_causal": False, "scale": None, "enable_gqa": False}),
+        lambda: [_h(2, 4, 50, 64), _h(2, 4, 50, 64), _h(2, 4, 50, 64), None],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fast_tactics_match_reference(case):
+    layer, make = CASES[case]
+    tactics = {t.name: t for t in tactics_for(layer, TARGET)}
+    assert len(tactics) > 1, f"{case}: no fast tactic applies"
+    inputs = make()
+    run = RunContext({})
+    ref = tactics[REFERENCE].fn(layer, inputs, run).float()
+    for name, t in tactics.items():
+        args = list(inputs)
+        if t.prepare is not None:
+            prepared = t.prepare(layer, {layer.inputs[1]: inputs[1]})
+            args[1] = prepared.get(layer.inputs[1], inputs[1])
+        try:
+            out = t.fn(layer, args, run)
+        except RuntimeError as exc:
+            if name.startswith("sdpa_"):
+                pytest.skip(f"{name} unavailable here: {exc}")  # the builder skips a backend that raises too
+            raise
+        # Same FP16 inputs, FP32 accumulation either way: only output rounding (2^-11) and summation order differ.
+        assert relative_error(out.float(), ref) < 4e-3, f"{case}/{name}"
+
+
+class Bottleneck(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = torch.nn.Conv2d(32, 32, 1, bias=False), torch.nn.BatchNorm2d(32)
+        self.c2, self.b2 = torch.nn.Conv2d(32, 32, 3, padding=1, bias=False), torch.nn.BatchNorm2d(32)
+
+    def forward(self, x):
+        y = torch.relu(self.b1(self.c1(x)))
+        return torch.relu(self.b2(self.c2(y)) + x)
+
+
+def test_resnet_block_fuses_conv_epilogues():
+    torch.manual_seed(0)
+    model = init_bn(Bottleneck()).to(CUDA)
+    x = torch.randn(2, 32, 28, 28, device=CUDA)
+    compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1)
+    (engine,) = compiled.engine_blocks.values()
+    kinds = [s.layer.kind for s in engine.plan.steps]
+    assert kinds.count("conv_epilogue") == 2 and "unary" not in kinds, kinds
+    with torch.no_grad():
+        out, ref = compiled(x), model(x)
+    assert relative_error(out, ref) < 1e-2
