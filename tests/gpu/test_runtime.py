@@ -132,3 +132,18 @@ def test_arena_outputs_are_views_of_one_buffer(dtype):
     assert engine.graphs.arena.numel() == engine.plan.arena.size
     assert out.dtype == torch.float32
     assert relative_error(out, ref) < 2e-2
+
+
+def test_attention_head_split_runs_as_views():
+    from tests.gpu.models import TinyAttention
+
+    torch.manual_seed(0)
+    model = TinyAttention().to(CUDA).eval()
+    x = torch.randn(2, 50, 64, device=CUDA)
+    compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1)
+    steps = [s for e in engines(compiled) for s in e.plan.steps]
+    assert any(s.tactic == "view" for s in steps), [(s.layer.kind, s.tactic) for s in steps]
+    with torch.no_grad():
+        out = compiled(x)
+        out = compiled(x)
+    assert relative_error(out, model(x)) < 1e-2

@@ -132,7 +132,7 @@ class LayerTuner:
                     self.last_use[n] = i
 
     def _inputs(self, layer: Layer, tactic: Tactic) -> list:
-        prepared = self.weights.for_tactic(layer, tactic)
+        prepared = self.weights.for_tactic(layer, tactic) if tactic.prepare is not None else {}
         out = []
         for n in layer.inputs:
             if n is None:
@@ -149,20 +149,20 @@ class LayerTuner:
         timings: dict[str, float] = {}
         if len(candidates) > 1:
             for tactic in candidates:
-                inputs = self._inputs(layer, tactic)
-                key = TimingCache.key(layer.kind, tactic.name, layer.attrs, inputs)
-                ms = self.cache.get(key)
-                if ms is None:
-                    try:
+                try:
+                    inputs = self._inputs(layer, tactic)
+                    key = TimingCache.key(layer.kind, tactic.name, layer.attrs, inputs)
+                    ms = self.cache.get(key)
+                    if ms is None:
                         ms = time_on_gpu(lambda t=tactic, x=inputs: t.fn(layer, x, self.run))
-                    except Exception as exc:  # a fast tactic that cannot take this layer is skipped, not fatal
-                        if tactic.name == REFERENCE:
-                            raise
-                        if self.debug:
-                            print(f"kiln build: tactic {tactic.name} failed on {layer.name}: {exc}")
-                        continue
-                    self.timed += 1
-                    self.cache.put(key, ms)
+                        self.timed += 1
+                        self.cache.put(key, ms)
+                except Exception as exc:  # a fast tactic that cannot take this layer is skipped, not fatal
+                    if tactic.name == REFERENCE:
+                        raise
+                    if self.debug:
+                        print(f"kiln build: tactic {tactic.name} does not take {layer.name}: {exc}")
+                    continue
                 timings[tactic.name] = round(ms, 5)
             chosen = next(t for t in candidates if t.name == min(timings, key=timings.get))
         else:
@@ -170,11 +170,19 @@ class LayerTuner:
         result = chosen.fn(layer, self._inputs(layer, chosen), self.run)
         results = [result] if isinstance(result, torch.Tensor) else list(result)
         for name, value in zip(layer.outputs, results):
-            self.values[name] = value
+            # Downstream layers are timed on the layout the layout pass planned, whichever tactic ran here,
+            # so one tactic's NCHW output cannot make every later NHWC candidate pay a transpose.
+            self.values[name] = in_planned_layout(value, self.network.tensors[name])
         for n in layer.inputs:
             if n is not None and self.last_use.get(n) == index:
                 self.values.pop(n, None)
         return chosen, timings
+
+
+def in_planned_layout(value: torch.Tensor, desc: TensorDesc) -> torch.Tensor:
+    if desc.layout == Layout.CHANNELS_LAST and value.dim() == 4:
+        return value.contiguous(memory_format=torch.channels_last)
+    return value
 
 
 def random_tensor(desc: TensorDesc, run: RunContext, device: torch.device) -> torch.Tensor:

@@ -72,3 +72,80 @@ def conv_epilogue_cudnn(layer, inputs, run):
         return torch.cudnn_convolution_relu(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
     residual = residual.contiguous(memory_format=torch.channels_last)
     return torch.cudnn_convolution_add_relu(x, w, residual, 1.0, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+
+
+# --- convolutions that are GEMMs --------------------------------------------------------------
+# A 1x1 stride-1 conv over NHWC memory is a [N*H*W, Cin] x [Cin, Cout] GEMM on the same bytes,
+# and a conv whose stride equals its kernel with no padding (ViT's patch embedding) is a GEMM
+# over non-overlapping patches. cuBLAS runs both near memory/tensor-core speed where cuDNN's
+# general kernels can be several times slower (few input channels, 16x16 kernels).
+
+
+def _is_pointwise_conv(layer, target) -> bool:
+    a = layer.attrs
+    return (
+        _is_conv2d(layer, target)
+        and not a["transposed"]
+        and a["groups"] == 1
+        and a["stride"] == [1, 1]
+        and a["padding"] == [0, 0]
+    )
+
+
+def _as_matrix(w: torch.Tensor) -> torch.Tensor:
+    # [Cout, Cin, kh, kw] -> [kh*kw*Cin, Cout]: the patch's (kh, kw, Cin) order matches NHWC memory.
+    return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()
+
+
+def _weight_1x1(layer, weights: dict) -> dict:
+    name = layer.inputs[1]
+    if name not in weights or tuple(weights[name].shape[2:]) != (1, 1):
+        raise ValueError("gemm_1x1 needs a 1x1 kernel known at build time")
+    return {name: _as_matrix(weights[name])}
+
+
+def _weight_patches(layer, weights: dict) -> dict:
+    name = layer.inputs[1]
+    if name not in weights or list(weights[name].shape[2:]) != layer.attrs["stride"]:
+        raise ValueError("gemm_patchify needs kernel == stride and a kernel known at build time")
+    return {name: _as_matrix(weights[name])}
+
+
+def _gemm_nhwc(x_rows, w_mat, b, n, h, w):
+    out = torch.addmm(b, x_rows, w_mat) if b is not None else torch.mm(x_rows, w_mat)
+    return out.view(n, h, w, w_mat.shape[1]).permute(0, 3, 1, 2)
+
+
+@tactic("conv", "gemm_1x1", when=_is_pointwise_conv, prepare=_weight_1x1)
+def conv_1x1_gemm(layer, inputs, run):
+    x, w_mat, b = inputs
+    if w_mat.dim() != 2 or w_mat.shape[0] != x.shape[1]:
+        raise ValueError("gemm_1x1 runs only with the weight its prepare made")
+    n, c, h, w = x.shape
+    rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, c)
+    return _gemm_nhwc(rows, w_mat, b, n, h, w)
+
+
+def _is_patchify(layer, target) -> bool:
+    a = layer.attrs
+    return (
+        _is_conv2d(layer, target)
+        and not a["transposed"]
+        and a["groups"] == 1
+        and a["padding"] == [0, 0]
+        and a["dilation"] == [1, 1]
+        and a["stride"] != [1, 1]
+    )
+
+
+@tactic("conv", "gemm_patchify", when=_is_patchify, prepare=_weight_patches)
+def conv_patchify_gemm(layer, inputs, run):
+    x, w_mat, b = inputs
+    sh, sw = layer.attrs["stride"]
+    n, c, h, w = x.shape
+    if w_mat.dim() != 2 or w_mat.shape[0] != sh * sw * c or h % sh or w % sw:
+        raise ValueError("gemm_patchify runs only with the weight its prepare made, on sizes divisible by the stride")
+    gh, gw = h // sh, w // sw
+    # [N, C, gh, sh, gw, sw] -> [N, gh, gw, sh, sw, C]: one row per patch, in the weight's (kh, kw, Cin) order.
+    rows = x.view(n, c, gh, sh, gw, sw).permute(0, 2, 4, 3, 5, 1).reshape(n * gh * gw, sh * sw * c)
+    return _gemm_nhwc(rows, w_mat, b, n, gh, gw)

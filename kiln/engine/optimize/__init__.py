@@ -43,3 +43,4 @@ from kiln.engine.optimize import bind_symbols  # noqa: E402, F401, I001
 from kiln.engine.optimize import fuse_conv  # noqa: E402, F401, I001
 from kiln.engine.optimize import precision  # noqa: E402, F401, I001
 from kiln.engine.optimize import layout  # noqa: E402, F401, I001
+from kiln.engine.optimize import views  # noqa: E402, F401, I001

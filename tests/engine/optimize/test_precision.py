@@ -87,3 +87,18 @@ def test_channels_last_marks_conv_chains_and_the_input():
             assert net.tensors[layer.outputs[0]].layout == Layout.CHANNELS_LAST
     flat = [net.tensors[o] for layer in net.layers for o in layer.outputs if net.tensors[o].rank == 2]
     assert flat and all(d.layout == Layout.CONTIGUOUS for d in flat)
+
+
+def test_views_marked_only_where_every_reader_takes_strides():
+    from kiln.engine.optimize.views import mark_views
+
+    net = Network()
+    x = net.add_input("x", [4, 8], torch.float32)
+    (p,) = net.add_layer("permute", [x], [([8, 4], torch.float32)], {"dims": [1, 0]})
+    (y,) = net.add_layer("unary", [p], [([8, 4], torch.float32)], {"op": "relu"})
+    (q,) = net.add_layer("permute", [y], [([4, 8], torch.float32)], {"dims": [1, 0]})
+    net.outputs.append(q.name)
+    ctx = OptimizeContext(CompileSettings(device=torch.device("cuda")), None, None)
+    mark_views(net, ctx)
+    assert net.layers[0].attrs.get("view_ok") is True
+    assert "view_ok" not in net.layers[2].attrs, "a network output is never a view"
