@@ -123,6 +123,8 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
         ref = model(x).float()
     rows = []
     for mode in modes:
+        # Leave nothing of the previous mode (torch.compile's CUDA-graph pools included) in the baseline.
+        torch._dynamo.reset()
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.synchronize()

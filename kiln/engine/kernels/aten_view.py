@@ -1,4 +1,4 @@
-"""View tactics for permute/select/slice layers that optimize/views.py marked `view_ok`: no kernel, no copy."""
+"""View tactics for permute/select/slice/reshape layers that optimize/views.py marked `view_ok`: no kernel, no copy."""
 
 from kiln.engine.ir.symbolic import evaluate
 from kiln.engine.kernels.registry import tactic
@@ -24,3 +24,9 @@ def slice_view(layer, inputs, run):
     start = None if a["start"] is None else evaluate(a["start"], run.symbols)
     end = None if a["end"] is None else evaluate(a["end"], run.symbols)
     return inputs[0][(slice(None),) * a["dim"] + (slice(start, end, a["step"]),)]
+
+
+@tactic("reshape", "view", when=_marked)
+def reshape_view(layer, inputs, run):
+    # A view when the strides allow it (squeezing the head split of q/k/v does), else reshape copies once.
+    return inputs[0].reshape(run.shape(layer.attrs["shape"]))

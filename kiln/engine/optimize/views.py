@@ -1,4 +1,4 @@
-"""Zero-copy data movement: permute/select/slice layers whose readers accept strided tensors become views.
+"""Zero-copy data movement: permute/select/slice/reshape layers whose readers accept strided tensors become views.
 
 The reference tactics of these kinds copy into a dense tensor, which a transformer pays for on
 every head split (qkv.reshape(...).permute(...).unbind(0) moves the whole qkv activation once
@@ -17,7 +17,7 @@ from __future__ import annotations
 from kiln.engine.ir.network import Network
 from kiln.engine.optimize import OptimizeContext, optimize_pass
 
-VIEWABLE = frozenset({"permute", "select", "slice"})
+VIEWABLE = frozenset({"permute", "select", "slice", "reshape"})
 STRIDE_TOLERANT = frozenset(
     {"attention", "linear", "matmul", "binary", "unary", "norm", "softmax", "reduce"}
     | {"reshape", "permute", "select", "slice", "cast", "concat"}
