@@ -176,7 +176,10 @@ class Doubled(torch.nn.Module):
 
 def test_related_dims_are_checked_at_call_time():
     model = Doubled()
-    specs = [kiln.Input(min_shape=(2, 2), opt_shape=(2, 8), max_shape=(2, 32)), kiln.Input(min_shape=(2, 4), opt_shape=(2, 16), max_shape=(2, 64))]
+    specs = [
+        kiln.Input(min_shape=(2, 2), opt_shape=(2, 8), max_shape=(2, 32)),
+        kiln.Input(min_shape=(2, 4), opt_shape=(2, 16), max_shape=(2, 64)),
+    ]
     compiled = compile_ranged(model, specs)
     assert compiled.input_specs[1].symbolic_shape[1] == f"2*{compiled.input_specs[0].symbolic_shape[1]}"
     check_sizes(model, compiled, lambda s: [torch.randn(2, s), torch.randn(2, 2 * s)], [2, 7, 32])
