@@ -28,6 +28,8 @@ from kiln.errors import CaptureError, InputMismatchError
 
 # The smallest size torch.export traces a dynamic dimension at without specialising it.
 EXPORT_MIN = 2
+# A max_shape this large means "no upper bound" to torch.export (torch.compile's dims may have none).
+UNBOUNDED = torch.iinfo(torch.int64).max
 # How closely the captured graph must agree with the model at a size below EXPORT_MIN.
 SMALL_SIZE_RTOL = 1e-3
 
@@ -62,7 +64,7 @@ def dynamic_shapes_for(specs: list[Input], flat_spec: pytree.TreeSpec):
         return None
     per_input = []
     for spec in specs:
-        dims = {d: Dim.AUTO(min=max(spec.min_shape[d], EXPORT_MIN), max=spec.max_shape[d]) for d in spec.dynamic_dims()}
+        dims = {d: Dim.AUTO(min=max(spec.min_shape[d], EXPORT_MIN), max=_export_max(spec.max_shape[d])) for d in spec.dynamic_dims()}
         per_input.append(dims or None)
     args, kwargs = pytree.tree_unflatten(per_input, flat_spec)
     return (tuple(args), kwargs) if kwargs else tuple(args)
@@ -222,6 +224,10 @@ class _ShapeChecker(torch.fx.Interpreter):
             return dim
         expr = dim.node.expr
         return int(expr.xreplace({s: self.sizes[s.name] for s in expr.free_symbols}))
+
+
+def _export_max(hi: int) -> int | None:
+    return None if hi >= UNBOUNDED else hi
 
 
 def _example_value(specs: Sequence[Input], info: SymbolInfo) -> int:
