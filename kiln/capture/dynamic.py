@@ -15,6 +15,7 @@ run once at the minimum and compared with the model itself before that size is a
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -58,8 +59,12 @@ def capture_example(spec: Input, device: torch.device | str) -> torch.Tensor:
     return Input(shape, dtype=spec.dtype, format=spec.format).example(device)
 
 
-def dynamic_shapes_for(specs: list[Input], flat_spec: pytree.TreeSpec):
-    """None when every input is static, else (args, kwargs) of {dim: Dim.AUTO(min, max)} per input."""
+def dynamic_shapes_for(specs: list[Input], flat_spec: pytree.TreeSpec, varargs: int | None = None):
+    """None when every input is static, else (args, kwargs) of {dim: Dim.AUTO(min, max)} per input.
+
+    `varargs` is the index of forward's *args parameter: export binds the arguments from there on
+    as one tuple, and dynamic_shapes must have the same structure.
+    """
     if not any(s.is_dynamic for s in specs):
         return None
     per_input = []
@@ -67,7 +72,19 @@ def dynamic_shapes_for(specs: list[Input], flat_spec: pytree.TreeSpec):
         dims = {d: Dim.AUTO(min=max(spec.min_shape[d], EXPORT_MIN), max=_export_max(spec.max_shape[d])) for d in spec.dynamic_dims()}
         per_input.append(dims or None)
     args, kwargs = pytree.tree_unflatten(per_input, flat_spec)
-    return (tuple(args), kwargs) if kwargs else tuple(args)
+    args = tuple(args)
+    if varargs is not None:
+        args = args[:varargs] + (args[varargs:],)
+    return (args, kwargs) if kwargs else args
+
+
+def varargs_at(module: torch.nn.Module) -> int | None:
+    """Position of forward's *args parameter, if it has one."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    return next((i for i, p in enumerate(params) if p.kind == p.VAR_POSITIONAL), None)
 
 
 def read_symbolic_shapes(gm: torch.fx.GraphModule, specs: list[Input], *, allow_specialization: bool = False) -> None:

@@ -9,7 +9,7 @@ import torch.utils._pytree as pytree
 from torch.export.graph_signature import InputKind, OutputKind
 
 from kiln.capture.decompositions import decomposition_table
-from kiln.capture.dynamic import capture_example, dynamic_shapes_for, read_symbolic_shapes, symbol_table, verify_small_sizes
+from kiln.capture.dynamic import capture_example, dynamic_shapes_for, read_symbolic_shapes, symbol_table, varargs_at, verify_small_sizes
 from kiln.capture.explain import capture_error
 from kiln.capture.input_spec import Input
 from kiln.errors import CaptureError, KilnError
@@ -50,7 +50,7 @@ def capture(
     specs, flat_spec = flatten_input_specs(arg_inputs, kwarg_inputs)
     examples = [capture_example(s, settings.device) for s in specs]
     args, kwargs = pytree.tree_unflatten(examples, flat_spec)
-    dynamic_shapes = dynamic_shapes_for(specs, flat_spec)
+    dynamic_shapes = dynamic_shapes_for(specs, flat_spec, varargs_at(module))
     try:
         program = torch.export.export(module, tuple(args), kwargs, dynamic_shapes=dynamic_shapes, strict=False)
         program = program.run_decompositions(decomposition_table())

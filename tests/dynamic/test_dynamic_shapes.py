@@ -266,3 +266,15 @@ def test_report_shows_the_ranges():
     text = compiled.report.table()
     assert "ids: (1..4, 4..64) int64" in text
     assert "mask: (1..4, 4..64) float32" in text
+
+
+class SumOfVarargs(torch.nn.Module):
+    def forward(self, scale, *xs):
+        return sum(torch.relu(x) for x in xs) * scale
+
+
+def test_ranged_inputs_through_a_varargs_forward():
+    model = SumOfVarargs()
+    ranged = kiln.Input(min_shape=(1, 4), opt_shape=(2, 4), max_shape=(8, 4))
+    compiled = compile_ranged(model, [kiln.Input((1,)), ranged, ranged])
+    check_sizes(model, compiled, lambda b: [torch.randn(1), torch.randn(b, 4), torch.randn(b, 4)], [1, 5, 8])
