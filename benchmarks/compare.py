@@ -41,6 +41,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import kiln  # noqa: E402
+from kiln.engine.runtime.profiler import call_times  # noqa: E402
 
 MODELS = ["efficientnet_b0", "resnet50", "vit_base_patch16_224"]
 CNNS = {"efficientnet_b0", "resnet50"}
@@ -93,21 +94,6 @@ def build_mode(mode: str, model_name: str, model: torch.nn.Module, x: torch.Tens
     raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
 
 
-def time_calls(fn, warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
-
-
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.double(), ref.double()
     return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
@@ -141,7 +127,7 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
                 torch.cuda.synchronize()
                 row["build_s"] = round(time.perf_counter() - t0, 2)
                 row["rel_err_vs_eager"] = relative_error(out.float(), ref)
-                times = time_calls(fn, args.warmup, args.iters)
+                times = call_times(fn, args.warmup, args.iters)
             times.sort()
             row["median_ms"] = statistics.median(times)
             row["p90_ms"] = times[int(0.9 * (len(times) - 1))]
@@ -170,9 +156,14 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
     return rows
 
 
-def environment() -> dict:
-    import timm
+def environment(smoke: bool = False) -> dict:
+    """GPU, versions, date and the command line, for the results files."""
+    try:
+        import timm
 
+        timm_version = timm.__version__
+    except ImportError:
+        timm_version = None
     try:
         import triton
 
@@ -180,16 +171,16 @@ def environment() -> dict:
     except ImportError:
         triton_version = None
     return {
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": "none (CPU smoke run)" if smoke else torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
         "triton": triton_version,
-        "timm": timm.__version__,
+        "timm": timm_version,
         "kiln": kiln.__version__,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python3 benchmarks/compare.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python3", os.path.relpath(sys.argv[0], ROOT) if sys.argv[0].endswith(".py") else sys.argv[0], *sys.argv[1:]]),
     }
 
 

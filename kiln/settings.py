@@ -28,6 +28,9 @@ class CompileSettings:
     # Per distinct input shape one CUDA graph is recorded; the oldest is dropped past this many.
     max_cuda_graphs: int = 16
     cuda_graphs: bool = True
+    # cuDNN searches its algorithms again when a graph is recorded for an input shape other than
+    # the one the tactics were timed at: steadier speed there, but a first call of 100s of ms.
+    tune_new_shapes: bool = False
 
     def __post_init__(self) -> None:
         bad = [p for p in self.enabled_precisions if p not in SUPPORTED_PRECISIONS]

@@ -70,6 +70,7 @@ class Plan:
     # Runtime: record one CUDA graph per input-shape profile, keep at most this many (LRU).
     cuda_graphs: bool = True
     max_cuda_graphs: int = 16
+    tune_new_shapes: bool = False
 
     def to_json(self) -> dict:
         """Everything but the weight values (those go to safetensors under their tensor names)."""
@@ -87,6 +88,7 @@ class Plan:
             "arena": self.arena.to_json() if self.arena is not None else None,
             "cuda_graphs": self.cuda_graphs,
             "max_cuda_graphs": self.max_cuda_graphs,
+            "tune_new_shapes": self.tune_new_shapes,
         }
 
     @classmethod
@@ -106,4 +108,5 @@ class Plan:
             arena=ArenaPlan.from_json(data["arena"]) if data.get("arena") else None,
             cuda_graphs=bool(data.get("cuda_graphs", True)),
             max_cuda_graphs=int(data.get("max_cuda_graphs", 16)),
+            tune_new_shapes=bool(data.get("tune_new_shapes", False)),
         )

@@ -71,6 +71,7 @@ def build_plan(network: Network, settings: CompileSettings) -> Plan:
         arena=plan_arena([s.layer for s in steps], plan_tensors, list(network.outputs), network.symbols),
         cuda_graphs=settings.cuda_graphs,
         max_cuda_graphs=settings.max_cuda_graphs,
+        tune_new_shapes=settings.tune_new_shapes,
     )
 
 

@@ -25,10 +25,13 @@ ROUNDS = 9
 
 
 @contextlib.contextmanager
-def cudnn_autotune():
-    """cuDNN picks its fastest algorithm per shape on the first call; the runtime warms up under the same flag."""
+def cudnn_autotune(enabled: bool = True):
+    """With `enabled`, cuDNN times its algorithms per shape on the first call, else takes its heuristic's pick.
+
+    Set either way, whatever the caller's global flag: the runtime records graphs under the
+    same choice the builder timed with."""
     before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = enabled
     try:
         yield
     finally:

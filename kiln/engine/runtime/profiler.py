@@ -132,6 +132,11 @@ def profile(compiled: torch.nn.Module, *args, **kwargs) -> Profile:
 
 def measure_call(fn, warmup: int = 5, iters: int = 30) -> float:
     """Median ms of a whole call, host work included (synchronised before each call)."""
+    return statistics.median(call_times(fn, warmup, iters))
+
+
+def call_times(fn, warmup: int, iters: int) -> list[float]:
+    """Milliseconds of each of `iters` calls after `warmup` calls, each timed alone with CUDA events."""
     for _ in range(warmup):
         fn()
     times = []
@@ -143,4 +148,4 @@ def measure_call(fn, warmup: int = 5, iters: int = 30) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return times
