@@ -10,8 +10,11 @@ Cases (FP16, torch.inference_mode, random weights):
   padding mask) at batch 8, sequence range 16..512, opt 128, measured at 16, 128, 512.
 - backend: efficientnet_b0 batch 1, torch.compile(backend="kiln") vs kiln.compile.
 
-For each shape of a ranged engine: the first call at that shape (wall clock, synchronised:
-the CUDA-graph record), then the median of --iters calls each timed alone with CUDA events,
+Each engine (ranged, ranged+tune, the static ones, the backend pair) is built and measured in
+a process of its own, so a first call pays for every per-shape library setup (cuDNN plans,
+cuBLAS heuristics, lazy kernel loading) as in a fresh server, not after another engine warmed
+the caches. For each shape of a ranged engine: the first call at that shape (wall clock,
+synchronised: the CUDA-graph record), then the median of --iters calls each timed alone with CUDA events,
 as benchmarks/compare.py times. The static engine is built for exactly that shape. With
 --tune-new-shapes a second ranged engine is built with tune_new_shapes=True (cuDNN searches
 its algorithms at each new shape) to show what that buys and costs.
@@ -27,6 +30,7 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -84,6 +88,8 @@ def parse_args(argv):
     p.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script and the answers, times nothing")
     p.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-isolate", dest="isolate", action="store_false", help="run every step in this process (default: one process each)")
+    p.add_argument("--only", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -315,8 +321,41 @@ def plot(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def steps_for(names: list[str], tune_new_shapes: bool) -> list[str]:
+    """The measurements, as "case:variant" (each one a process of its own with --isolate)."""
+    steps = []
+    for name in [n for n in names if n != "backend"]:
+        steps += [f"{name}:ranged"] + ([f"{name}:ranged+tune"] if tune_new_shapes else []) + [f"{name}:static"]
+    return steps + (["backend"] if "backend" in names else [])
+
+
+def run_step(step: str, run: Run, smoke: bool, dtype: torch.dtype) -> None:
+    name, _, variant = step.partition(":")
+    if name == "backend":
+        measure_backend(run, smoke, dtype)
+        return
+    (case,) = ranged_cases([name], smoke, run.device, dtype)
+    if variant == "static":
+        measure_static(case, run)
+    else:
+        measure_ranged(case, run, variant, **({"tune_new_shapes": True} if variant == "ranged+tune" else {}))
+
+
+def run_isolated(step: str, argv: list[str], out: str) -> list[dict]:
+    """Run one step in a fresh process: its first calls pay for every library setup, as in a new server."""
+    child_out = os.path.join(out, "steps", step.replace(":", "_").replace("+", "_"))
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--only", step, "--out", child_out, "--no-plot", "--no-isolate"]
+    done = subprocess.run(cmd, cwd=ROOT)
+    try:
+        with open(os.path.join(child_out, "results.json")) as f:
+            return json.load(f)["rows"]
+    except (OSError, ValueError, KeyError):
+        return [{"case": step, "error": f"the process for {step} exited with {done.returncode} and left no results"}]
+
+
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
     if args.smoke:
         device, dtype, precisions = torch.device("cpu"), torch.float32, {torch.float32}
     elif torch.cuda.is_available():
@@ -329,18 +368,14 @@ def main(argv=None) -> int:
     env = environment(smoke=args.smoke)
     run = Run(device, precisions, args.warmup, args.iters, timed=not args.smoke)
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
-    with torch.inference_mode():
-        for case in ranged_cases(names, args.smoke, device, dtype):
-            steps = [functools.partial(measure_ranged, case, run, "ranged")]
-            if args.tune_new_shapes:
-                steps.append(functools.partial(measure_ranged, case, run, "ranged+tune", tune_new_shapes=True))
-            steps.append(functools.partial(measure_static, case, run))
-            for step in steps:
-                guarded(step, run.rows, case.name)
-            save(run.rows, env, args.out)
-        if "backend" in names:
-            guarded(lambda: measure_backend(run, args.smoke, dtype), run.rows, "backend")
-    save(run.rows, env, args.out)
+    isolate = args.isolate and not args.smoke and not args.only
+    for step in [args.only] if args.only else steps_for(names, args.tune_new_shapes):
+        if isolate:
+            run.rows += run_isolated(step, argv, args.out)
+        else:
+            with torch.inference_mode():
+                guarded(functools.partial(run_step, step, run, args.smoke, dtype), run.rows, step)
+        save(run.rows, env, args.out)
     text = markdown(run.rows, env, run.timed)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text)

@@ -1,8 +1,11 @@
 """The builder: Network → Plan. Picks a tactic per layer, prepares weights for it, plans memory.
 
-On CUDA every applicable tactic of a layer is timed at the opt shape on real activations (the
-network is run once, layer by layer, on random inputs) and the fastest kept; every candidate's
-time goes into Step.timings for the report. Without a GPU the reference tactic is the only
+On CUDA every applicable tactic of a layer is timed on real activations (the network is run
+layer by layer on random inputs) and the fastest kept; every candidate's time at the opt shape
+goes into Step.timings for the report. A ranged engine is also run at the min and max shapes,
+and keeps the tactic whose worst slowdown against the best one at any of the three is the
+smallest: the winner at opt can be far off at the ends of the range (an attention backend that
+is best at sequence 128 and 15% slower at 16), and one engine must serve the whole range. Without a GPU the reference tactic is the only
 trustworthy choice, and nothing is timed.
 
 A tactic's `prepare` turns a weight into what it wants (NHWC, transposed...) once, here. A
@@ -19,7 +22,7 @@ import torch
 import kiln.engine.kernels  # noqa: F401  (registers every tactic)
 from kiln.engine.builder.memory import opt_symbol_values, plan_arena
 from kiln.engine.builder.timing import TimingCache, cudnn_autotune, time_on_gpu
-from kiln.engine.ir.network import Layer, Network
+from kiln.engine.ir.network import Layer, Network, SymbolRange
 from kiln.engine.ir.symbolic import evaluate_shape
 from kiln.engine.ir.tensor import Layout, TensorDesc
 from kiln.engine.kernels.registry import REFERENCE, BuildTarget, RunContext, Tactic, tactics_for
@@ -37,18 +40,19 @@ def build_plan(network: Network, settings: CompileSettings) -> Plan:
     started = time.perf_counter()
     steps = []
     if target.is_cuda:
-        tuner = LayerTuner(network, weights, settings)
+        cache = TimingCache(settings.timing_cache_path)
+        tuners = [LayerTuner(network, weights, settings, point, cache) for point in tuning_points(network.symbols)]
         with cudnn_autotune(), torch.no_grad():
             for i, layer in enumerate(network.layers):
-                tactic, timings = tuner.choose(i, layer, tactics_for(layer, target))
+                tactic, timings = choose_tactic(tuners, i, layer, tactics_for(layer, target))
                 steps.append(Step(weights.apply(layer, tactic), tactic.name, timings))
                 if settings.debug and (i + 1) % PROGRESS_EVERY == 0:
                     print(f"kiln build: {i + 1}/{len(network.layers)} layers, {time.perf_counter() - started:.1f} s", flush=True)
-        tuner.cache.save()
+        cache.save()
         if settings.debug:
             print(
-                f"kiln build: {len(steps)} layers in {time.perf_counter() - started:.1f} s; "
-                f"{tuner.timed} tactic timings measured, {tuner.cache.hits} from the timing cache",
+                f"kiln build: {len(steps)} layers at {len(tuners)} shape(s) in {time.perf_counter() - started:.1f} s; "
+                f"{sum(t.timed for t in tuners)} tactic timings measured, {cache.hits} from the timing cache",
                 flush=True,
             )
     else:
@@ -113,14 +117,43 @@ class PreparedWeights:
         return Layer(layer.kind, layer.name, inputs, list(layer.outputs), layer.attrs, layer.precision, layer.source)
 
 
-class LayerTuner:
-    """Runs the network once at the opt shape, timing every candidate tactic of each layer on its real inputs."""
+def tuning_points(symbols: dict[str, SymbolRange]) -> list[dict[str, int]]:
+    """Symbol values the tactics are timed at: opt first (its timings are the ones reported), then min and max."""
+    points = [opt_symbol_values(symbols)]
+    for pick in (lambda s: s.min, lambda s: s.max):
+        point = {name: pick(sym) for name, sym in symbols.items()}
+        if point not in points:
+            points.append(point)
+    return points
 
-    def __init__(self, network: Network, weights: PreparedWeights, settings: CompileSettings):
+
+def choose_tactic(tuners: list[LayerTuner], index: int, layer: Layer, candidates: list[Tactic]) -> tuple[Tactic, dict[str, float]]:
+    """The tactic with the smallest worst-case slowdown against each point's fastest; ties go to the faster at opt."""
+    timings: dict[str, float] = {}
+    chosen = candidates[0]
+    if len(candidates) > 1:
+        per_point = [tuner.time_all(layer, candidates) for tuner in tuners]
+        timings = per_point[0]
+        usable = [t for t in candidates if all(t.name in point for point in per_point)]
+
+        def worst_slowdown(tactic: Tactic) -> tuple[float, float]:
+            ratio = max(point[tactic.name] / max(min(point.values()), 1e-9) for point in per_point)
+            return round(ratio, 3), timings[tactic.name]
+
+        chosen = min(usable, key=worst_slowdown)
+    for tuner in tuners:
+        tuner.advance(index, layer, chosen)
+    return chosen, timings
+
+
+class LayerTuner:
+    """Runs the network at one set of symbol values, timing every candidate tactic of each layer on its real inputs."""
+
+    def __init__(self, network: Network, weights: PreparedWeights, settings: CompileSettings, point: dict[str, int], cache: TimingCache):
         self.network = network
         self.weights = weights
-        self.run = RunContext(opt_symbol_values(network.symbols))
-        self.cache = TimingCache(settings.timing_cache_path)
+        self.run = RunContext(point)
+        self.cache = cache
         self.timed = 0
         self.debug = settings.debug
         self.values: dict[str, torch.Tensor] = {}
@@ -146,28 +179,29 @@ class LayerTuner:
                 out.append(self.weights.values[n])
         return out
 
-    def choose(self, index: int, layer: Layer, candidates: list[Tactic]) -> tuple[Tactic, dict[str, float]]:
+    def time_all(self, layer: Layer, candidates: list[Tactic]) -> dict[str, float]:
+        """Milliseconds of each candidate that can take this layer here."""
         timings: dict[str, float] = {}
-        if len(candidates) > 1:
-            for tactic in candidates:
-                try:
-                    inputs = self._inputs(layer, tactic)
-                    key = TimingCache.key(layer.kind, tactic.name, layer.attrs, inputs)
-                    ms = self.cache.get(key)
-                    if ms is None:
-                        ms = time_on_gpu(lambda t=tactic, x=inputs: t.fn(layer, x, self.run))
-                        self.timed += 1
-                        self.cache.put(key, ms)
-                except Exception as exc:  # a fast tactic that cannot take this layer is skipped, not fatal
-                    if tactic.name == REFERENCE:
-                        raise
-                    if self.debug:
-                        print(f"kiln build: tactic {tactic.name} does not take {layer.name}: {exc}")
-                    continue
-                timings[tactic.name] = round(ms, 5)
-            chosen = next(t for t in candidates if t.name == min(timings, key=timings.get))
-        else:
-            chosen = candidates[0]
+        for tactic in candidates:
+            try:
+                inputs = self._inputs(layer, tactic)
+                key = TimingCache.key(layer.kind, tactic.name, layer.attrs, inputs)
+                ms = self.cache.get(key)
+                if ms is None:
+                    ms = time_on_gpu(lambda t=tactic, x=inputs: t.fn(layer, x, self.run))
+                    self.timed += 1
+                    self.cache.put(key, ms)
+            except Exception as exc:  # a fast tactic that cannot take this layer is skipped, not fatal
+                if tactic.name == REFERENCE:
+                    raise
+                if self.debug:
+                    print(f"kiln build: tactic {tactic.name} does not take {layer.name}: {exc}")
+                continue
+            timings[tactic.name] = round(ms, 5)
+        return timings
+
+    def advance(self, index: int, layer: Layer, chosen: Tactic) -> None:
+        """Run the chosen tactic so the next layer is timed on this one's real output."""
         result = chosen.fn(layer, self._inputs(layer, chosen), self.run)
         results = [result] if isinstance(result, torch.Tensor) else list(result)
         for name, value in zip(layer.outputs, results):
@@ -177,7 +211,6 @@ class LayerTuner:
         for n in layer.inputs:
             if n is not None and self.last_use.get(n) == index:
                 self.values.pop(n, None)
-        return chosen, timings
 
 
 def in_planned_layout(value: torch.Tensor, desc: TensorDesc) -> torch.Tensor:
