@@ -20,9 +20,10 @@ import time
 import torch
 
 import kiln.engine.kernels  # noqa: F401  (registers every tactic)
-from kiln.engine.builder.memory import opt_symbol_values, plan_arena
+from kiln.engine.builder.memory import plan_arena
 from kiln.engine.builder.timing import TimingCache, cudnn_autotune, time_on_gpu
-from kiln.engine.ir.network import Layer, Network, SymbolRange
+from kiln.engine.ir.network import Layer, Network
+from kiln.engine.ir.symbol_values import tuning_points
 from kiln.engine.ir.symbolic import evaluate_shape
 from kiln.engine.ir.tensor import Layout, TensorDesc
 from kiln.engine.kernels.registry import REFERENCE, BuildTarget, RunContext, Tactic, tactics_for
@@ -115,16 +116,6 @@ class PreparedWeights:
                 n = name
             inputs.append(n)
         return Layer(layer.kind, layer.name, inputs, list(layer.outputs), layer.attrs, layer.precision, layer.source)
-
-
-def tuning_points(symbols: dict[str, SymbolRange]) -> list[dict[str, int]]:
-    """Symbol values the tactics are timed at: opt first (its timings are the ones reported), then min and max."""
-    points = [opt_symbol_values(symbols)]
-    for pick in (lambda s: s.min, lambda s: s.max):
-        point = {name: pick(sym) for name, sym in symbols.items()}
-        if point not in points:
-            points.append(point)
-    return points
 
 
 def choose_tactic(tuners: list[LayerTuner], index: int, layer: Layer, candidates: list[Tactic]) -> tuple[Tactic, dict[str, float]]:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import torch
 
 from kiln.engine.ir.network import Layer, SymbolRange
+from kiln.engine.ir.symbol_values import max_symbol_values
 from kiln.engine.ir.symbolic import evaluate_shape
 from kiln.engine.ir.tensor import TensorDesc
 from kiln.engine.plan import ArenaPlan
@@ -33,14 +34,6 @@ ALIGNMENT = 512
 FRESH_KINDS = frozenset(
     {"conv", "conv_epilogue", "linear", "matmul", "unary", "binary", "cast", "copy", "reduce", "concat", "where", "pad", "gather"}
 )
-
-
-def max_symbol_values(symbols: Mapping[str, SymbolRange]) -> dict[str, int]:
-    return {name: sym.max for name, sym in symbols.items()}
-
-
-def opt_symbol_values(symbols: Mapping[str, SymbolRange]) -> dict[str, int]:
-    return {name: sym.opt for name, sym in symbols.items()}
 
 
 def tensor_bytes(desc: TensorDesc, env: Mapping[str, int]) -> int:

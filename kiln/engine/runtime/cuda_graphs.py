@@ -21,11 +21,13 @@ Memory. Activations live in two places, both outside the replay's control flow:
   stream and their outputs are cloned before another replay, so the scratch memory of one
   graph may safely be another's.
 
-Tuning. The builder timed every tactic at the opt shape, and the graph recorded for that shape
-lets cuDNN search its algorithms (cudnn.benchmark) as the builder's timing did. Any other shape
-is recorded with cuDNN's heuristic choice: a first call at a new shape costs a warm-up and a
-capture (tens of ms for a ResNet-50), not a search of every conv's algorithms (100s of ms).
-CompileSettings.tune_new_shapes=True searches at every new shape instead.
+Tuning. The builder timed every tactic at the opt shape (and a ranged engine's at min and max
+too), and the graphs recorded for those shapes let cuDNN search its algorithms
+(cudnn.benchmark) as the builder's timing did. Any other shape is recorded with cuDNN's
+heuristic choice: its first call costs a warm-up, cuDNN's per-shape plan construction and a
+capture (~150 ms for a ResNet-50 on an H100, about what eager PyTorch pays at a new shape),
+not a search of every conv's algorithms (~500 ms). CompileSettings.tune_new_shapes=True
+searches at every new shape instead.
 
 Outputs are cloned after replay: the graph writes its outputs to the same addresses on every
 replay, so a caller that keeps an output across calls would otherwise see it overwritten by
@@ -40,8 +42,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kiln.engine.builder.memory import opt_symbol_values
 from kiln.engine.builder.timing import cudnn_autotune
+from kiln.engine.ir.symbol_values import tuning_points
 from kiln.engine.ir.symbolic import evaluate_shape
 from kiln.engine.ir.tensor import Layout
 from kiln.engine.runtime.executor import PlanExecutor
@@ -67,8 +69,9 @@ class CudaGraphRunner:
         self.arena: torch.Tensor | None = None
         self.records = 0
         plan = executor.plan
-        opt = opt_symbol_values(plan.symbols)
-        self.tuned_shapes: Shapes = tuple(tuple(evaluate_shape(plan.tensors[name].shape, opt)) for name in plan.inputs)
+        self.tuned_shapes: set[Shapes] = {
+            tuple(tuple(evaluate_shape(plan.tensors[name].shape, point)) for name in plan.inputs) for point in tuning_points(plan.symbols)
+        }
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         key = tuple(tuple(x.shape) for x in inputs)
@@ -94,7 +97,7 @@ class CudaGraphRunner:
             static = [_static_like(x, plan.tensors[name].layout) for x, name in zip(inputs, plan.inputs)]
             for s, x in zip(static, inputs):
                 s.copy_(x)
-            tune = plan.tune_new_shapes or key == self.tuned_shapes
+            tune = plan.tune_new_shapes or key in self.tuned_shapes
             with cudnn_autotune(tune):
                 side = torch.cuda.Stream(device)
                 side.wait_stream(torch.cuda.current_stream(device))

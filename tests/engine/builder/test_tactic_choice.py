@@ -2,8 +2,9 @@
 
 from types import SimpleNamespace
 
-from kiln.engine.builder.build import choose_tactic, tuning_points
+from kiln.engine.builder.build import choose_tactic
 from kiln.engine.ir.network import SymbolRange
+from kiln.engine.ir.symbol_values import tuning_points
 
 
 class FakeTuner:
