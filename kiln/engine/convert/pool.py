@@ -30,6 +30,13 @@ def _max_pool_check(node):
     return _pool_check(node)
 
 
+def _window(a) -> dict:
+    kernel = _pair(a["kernel_size"])
+    # An empty stride means "the kernel size", as in F.max_pool2d.
+    stride = _pair(a["stride"]) if a["stride"] else kernel
+    return {"kernel": kernel, "stride": stride, "padding": _pair(a["padding"]), "ceil_mode": bool(a["ceil_mode"])}
+
+
 def _values_only(ctx):
     specs = ctx.output_specs()
     return [specs[0]] + [None] * (len(specs) - 1)
@@ -38,29 +45,16 @@ def _values_only(ctx):
 @converter(aten.max_pool2d_with_indices.default, supports=_max_pool_check)
 def convert_max_pool2d(ctx, node):
     a = node_arguments(node)
-    kernel = _pair(a["kernel_size"])
-    attrs = {
-        "op": "max",
-        "kernel": kernel,
-        # An empty stride means "the kernel size", as in F.max_pool2d.
-        "stride": _pair(a["stride"]) if a["stride"] else kernel,
-        "padding": _pair(a["padding"]),
-        "dilation": _pair(a["dilation"]),
-        "ceil_mode": bool(a["ceil_mode"]),
-    }
+    attrs = {"op": "max", **_window(a), "dilation": _pair(a["dilation"])}
     return ctx.add("pool", [ctx.tensor(a["input"])], attrs, outputs=_values_only(ctx))
 
 
 @converter(aten.avg_pool2d.default, supports=_pool_check)
 def convert_avg_pool2d(ctx, node):
     a = node_arguments(node)
-    kernel = _pair(a["kernel_size"])
     attrs = {
         "op": "avg",
-        "kernel": kernel,
-        "stride": _pair(a["stride"]) if a["stride"] else kernel,
-        "padding": _pair(a["padding"]),
-        "ceil_mode": bool(a["ceil_mode"]),
+        **_window(a),
         "count_include_pad": bool(a["count_include_pad"]),
         "divisor_override": a["divisor_override"],
     }
