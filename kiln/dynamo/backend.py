@@ -100,6 +100,12 @@ class KilnBackend:
         # A bad setting is the user's to fix, not a reason to run in eager quietly.
         settings = kiln.api.make_settings(gm, list(example_inputs), {}, **{**_compile_defaults(), **merged, "device": merged.get("device")})
         try:
+            if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in example_inputs):
+                # An engine has no backward: running it here would cut the autograd graph.
+                raise KilnError(
+                    "autograd is on and this graph has inputs that require grad; Kiln builds inference engines. "
+                    "Call the model under torch.no_grad() or torch.inference_mode() to run it on Kiln."
+                )
             graph = _DynamoGraph(gm, example_inputs)
             record.inputs = [f"{s.name}: {s.describe()}" for s in graph.specs]
             # Outside dynamo's tracing context: torch.export would otherwise add its guards to dynamo's frame.

@@ -217,3 +217,20 @@ def test_explain_shows_the_breaks_and_what_kiln_made_of_each_graph():
     assert "print" in text or "builtin" in text or "jump" in text
     assert "Kiln partition report" in text
     assert all(r.report is not None for r in found.graphs)
+
+
+def test_training_graph_runs_in_eager_so_gradients_still_flow():
+    model = Mlp()
+    backend = KilnBackend(min_block_size=1)
+    out = torch.compile(model, backend=backend)(torch.randn(4, 16))
+    out.sum().backward()
+    assert model.fc1.weight.grad is not None
+    (record,) = backend.records
+    assert "torch.no_grad()" in record.fallback_reason
+
+
+def test_training_graph_under_require_full_compilation_is_an_error():
+    model = Mlp()
+    compiled = torch.compile(model, backend=KilnBackend(min_block_size=1, require_full_compilation=True))
+    with pytest.raises(Exception, match="autograd is on"):
+        compiled(torch.randn(4, 16))
