@@ -1,6 +1,8 @@
 """torch.compile(model, backend="kiln"): graph breaks, options, dynamic shapes, recompiles, explain."""
 
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -234,3 +236,17 @@ def test_training_graph_under_require_full_compilation_is_an_error():
     compiled = torch.compile(model, backend=KilnBackend(min_block_size=1, require_full_compilation=True))
     with pytest.raises(Exception, match="autograd is on"):
         compiled(torch.randn(4, 16))
+
+
+def test_backend_name_resolves_through_the_entry_point_without_import_kiln():
+    code = (
+        "import sys, torch\n"
+        "assert 'kiln' not in sys.modules\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU()).eval()\n"
+        "x = torch.randn(2, 4)\n"
+        "with torch.no_grad():\n"
+        "    torch.testing.assert_close(torch.compile(m, backend='kiln', options={'min_block_size': 1})(x), m(x))\n"
+        "assert 'kiln' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
