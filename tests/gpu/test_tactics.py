@@ -7,7 +7,7 @@ import kiln
 import kiln.engine.kernels  # noqa: F401
 from kiln.engine.ir.network import Layer
 from kiln.engine.kernels.registry import REFERENCE, BuildTarget, RunContext, tactics_for
-from tests.gpu.models import init_bn
+from tests.gpu.models import SmallCNN, init_bn
 from tests.helpers import relative_error
 
 CUDA = torch.device("cuda")
@@ -32,6 +32,22 @@ CASES = {
     "conv_1x1": (
         Layer("conv", "c", ["x", "w", "b"], ["y"], {**CONV, "padding": [0, 0]}),
         lambda: [_h(2, 16, 14, 14), _h(32, 16, 1, 1) * 0.1, _h(32)],
+    ),
+    "conv_1x1_silu": (
+        Layer("conv_epilogue", "c", ["x", "w", "b", None], ["y"], {**CONV, "padding": [0, 0], "activation": "silu", "residual": False}),
+        lambda: [_h(2, 24, 14, 14), _h(96, 24, 1, 1) * 0.1, _h(96), None],
+    ),
+    "conv_1x1_add": (
+        Layer("conv_epilogue", "c", ["x", "w", "b", "r"], ["y"], {**CONV, "padding": [0, 0], "activation": None, "residual": True}),
+        lambda: [_h(2, 144, 7, 7), _h(40, 144, 1, 1) * 0.1, _h(40), _h(2, 40, 7, 7)],
+    ),
+    "conv_1x1_add_relu_ragged": (
+        Layer("conv_epilogue", "c", ["x", "w", "b", "r"], ["y"], {**CONV, "padding": [0, 0], "activation": "relu", "residual": True}),
+        lambda: [_h(3, 40, 9, 9), _h(130, 40, 1, 1) * 0.1, _h(130), _h(3, 130, 9, 9)],
+    ),
+    "conv_depthwise_hardswish": (
+        Layer("conv_epilogue", "c", ["x", "w", "b", None], ["y"], {**CONV, "groups": 16, "activation": "hardswish", "residual": False}),
+        lambda: [_h(2, 16, 14, 14), _h(16, 1, 3, 3) * 0.3, _h(16), None],
     ),
     "conv_patchify": (
         Layer("conv", "c", ["x", "w", "b"], ["y"], {**CONV, "padding": [0, 0], "stride": [16, 16]}),
@@ -98,3 +114,16 @@ def test_resnet_block_fuses_conv_epilogues():
     with torch.no_grad():
         out, ref = compiled(x), model(x)
     assert relative_error(out, ref) < 1e-2
+
+
+def test_mbconv_fuses_silu_and_residual_into_convs():
+    torch.manual_seed(0)
+    model = init_bn(SmallCNN()).to(CUDA)
+    x = torch.randn(4, 3, 64, 64, device=CUDA)
+    compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1)
+    (engine,) = compiled.engine_blocks.values()
+    fused = [s.layer.attrs["activation"] for s in engine.plan.steps if s.layer.kind == "conv_epilogue"]
+    # stem conv + SiLU, depthwise conv + SiLU, SE reduce conv + SiLU, SE expand conv + sigmoid
+    assert fused.count("silu") == 3 and "sigmoid" in fused, fused
+    with torch.no_grad():
+        assert relative_error(compiled(x), model(x)) < 1e-2

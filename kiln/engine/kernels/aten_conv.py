@@ -6,6 +6,7 @@ passes it to cudnnConvolutionBiasActivationForward-style epilogues where it can)
 """
 
 import torch
+import torch.nn.functional as F
 
 from kiln.engine.kernels.pointwise import UNARY_OPS
 from kiln.engine.kernels.registry import reference, tactic
@@ -40,7 +41,7 @@ def _conv(x, w, b, a):
 def _epilogue(y, residual, a):
     if residual is not None:
         y = y + residual
-    return UNARY_OPS[a["activation"]](y, a)
+    return y if a["activation"] is None else UNARY_OPS[a["activation"]](y, a)
 
 
 @reference("conv_epilogue")
@@ -55,7 +56,19 @@ def conv_epilogue_nhwc(layer, inputs, run):
     y = _conv(x.contiguous(memory_format=torch.channels_last), w, b, layer.attrs)
     if residual is not None:
         y += residual
-    return y.relu_() if layer.attrs["activation"] == "relu" else _epilogue(y, None, layer.attrs)
+    # y is this layer's own fresh output: the activation may overwrite it rather than allocate another.
+    in_place = _IN_PLACE.get(layer.attrs["activation"])
+    return in_place(y) if in_place is not None else _epilogue(y, None, layer.attrs)
+
+
+_IN_PLACE = {
+    None: lambda y: y,
+    "relu": torch.relu_,
+    "silu": lambda y: F.silu(y, inplace=True),
+    "hardswish": lambda y: F.hardswish(y, inplace=True),
+    "sigmoid": torch.sigmoid_,
+    "relu6": lambda y: F.relu6(y, inplace=True),
+}
 
 
 def _cudnn_fusable(layer, target) -> bool:
@@ -81,7 +94,7 @@ def conv_epilogue_cudnn(layer, inputs, run):
 # general kernels can be several times slower (few input channels, 16x16 kernels).
 
 
-def _is_pointwise_conv(layer, target) -> bool:
+def is_pointwise_conv(layer, target) -> bool:
     a = layer.attrs
     return (
         _is_conv2d(layer, target)
@@ -97,7 +110,7 @@ def _as_matrix(w: torch.Tensor) -> torch.Tensor:
     return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()
 
 
-def _weight_1x1(layer, weights: dict) -> dict:
+def weight_as_gemm_1x1(layer, weights: dict) -> dict:
     name = layer.inputs[1]
     if name not in weights or tuple(weights[name].shape[2:]) != (1, 1):
         raise ValueError("gemm_1x1 needs a 1x1 kernel known at build time")
@@ -116,7 +129,7 @@ def _gemm_nhwc(x_rows, w_mat, b, n, h, w):
     return out.view(n, h, w, w_mat.shape[1]).permute(0, 3, 1, 2)
 
 
-@tactic("conv", "gemm_1x1", when=_is_pointwise_conv, prepare=_weight_1x1)
+@tactic("conv", "gemm_1x1", when=is_pointwise_conv, prepare=weight_as_gemm_1x1)
 def conv_1x1_gemm(layer, inputs, run):
     x, w_mat, b = inputs
     if w_mat.dim() != 2 or w_mat.shape[0] != x.shape[1]:

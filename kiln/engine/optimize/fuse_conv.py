@@ -1,11 +1,14 @@
-"""Conv epilogue fusion: conv → [+ residual] → ReLU becomes one `conv_epilogue` layer.
+"""Conv epilogue fusion: conv → [+ residual] → [activation] becomes one `conv_epilogue` layer.
 
 cuDNN runs conv + bias + ReLU, and conv + bias + residual add + ReLU, as one kernel
 (torch.cudnn_convolution_relu / cudnn_convolution_add_relu): the activation is applied while
 the output tile is still in registers, so the separate ReLU and add kernels, and their trips
-through memory, disappear. ResNet's bottleneck blocks are exactly these two patterns. Whether
-the fused cuDNN kernel is faster than the separate ones is measured per layer by the builder
-(kernels/aten_conv.py has both); the fusion only makes the choice possible.
+through memory, disappear. ResNet's bottleneck blocks are exactly these two patterns. For 1x1
+convs a Triton GEMM (kernels/triton_gemm_1x1.py) also fuses SiLU, hardswish, sigmoid and
+ReLU6, and a residual add without activation: EfficientNet's and MobileNet's expand and
+project convs. Whether a fused kernel is faster than the separate ones is measured per layer
+by the builder (a conv_epilogue can always run as the conv plus the ops it absorbed); the
+fusion only makes the choice possible.
 
 Patterns are data (CONV_EPILOGUES); a match requires each intermediate to have exactly one
 reader and not be a network output, so nothing else sees the values that stop existing.
@@ -23,11 +26,15 @@ from kiln.engine.optimize import OptimizeContext, optimize_pass
 class Epilogue:
     name: str
     residual: bool
-    activation: str
+    activation: str | None
 
 
-# Longest first: a conv followed by add + relu must not be taken as conv + nothing.
-CONV_EPILOGUES = [Epilogue("conv_add_relu", residual=True, activation="relu"), Epilogue("conv_relu", residual=False, activation="relu")]
+# Longest first: a conv followed by add + relu must not be taken as conv + add.
+CONV_EPILOGUES = [
+    Epilogue("conv_add_relu", residual=True, activation="relu"),
+    *(Epilogue(f"conv_{act}", residual=False, activation=act) for act in ("relu", "silu", "hardswish", "sigmoid", "relu6")),
+    Epilogue("conv_add", residual=True, activation=None),
+]
 
 
 @optimize_pass
@@ -76,12 +83,14 @@ def _match(network: Network, readers: dict, conv: Layer, pattern: Epilogue):
             return None
         residual = other[0]
         consumed.append(nxt)
-        nxt = _only_reader(network, readers, nxt.outputs[0])
-        if nxt is None:
+        if pattern.activation is not None:
+            nxt = _only_reader(network, readers, nxt.outputs[0])
+            if nxt is None:
+                return None
+    if pattern.activation is not None:
+        if nxt.kind != "unary" or nxt.attrs.get("op") != pattern.activation:
             return None
-    if nxt.kind != "unary" or nxt.attrs.get("op") != pattern.activation:
-        return None
-    consumed.append(nxt)
+        consumed.append(nxt)
     # The residual must exist before the conv runs, since the fused layer takes the conv's place.
     order = {layer.name: i for i, layer in enumerate(network.layers)}
     producer = network.producer()

@@ -1,0 +1,131 @@
+"""1x1 convolutions as one Triton GEMM with the epilogue fused: bias, residual add, activation.
+
+A 1x1 stride-1 conv over NHWC memory is C[M, N] = A[M, K] @ W[K, N] with M = N*H*W rows of K
+input channels. In EfficientNet and MobileNet the expand conv is followed by SiLU or
+hardswish, and the project conv by a residual add: as separate kernels, each writes the whole
+activation tensor and reads it back (the SiLU after EfficientNet-B0's first expand conv moves
+600 MB at batch 128). Here the output tile is finished in registers (bias, then the
+residual, then the activation, the order of the conv_epilogue reference) and written once.
+
+The same kernel serves a plain `conv` (no residual, no activation) so that the builder can
+time it against cuBLAS (kernels/aten_conv.py: gemm_1x1) on every 1x1 conv.
+
+Low precision only: on FP32 inputs tl.dot would round through TF32, which an FP32 engine
+must not do, so an FP32 layer is refused (the builder then skips this tactic). Without Triton
+installed the tactic is not offered at all. TRITON_INTERPRET=1 runs the kernel on the CPU,
+which is how the tests check it without a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kiln.engine.kernels.aten_conv import is_pointwise_conv, weight_as_gemm_1x1
+from kiln.engine.kernels.registry import tactic
+from kiln.engine.runtime.executor import arena_output
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a CPU-only install: the tactic is simply not offered
+    triton = None
+
+# Activation codes the kernel knows (a constexpr, so each compiles to straight-line code).
+ACTIVATIONS = {None: 0, "relu": 1, "silu": 2, "sigmoid": 3, "hardswish": 4, "relu6": 5}
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _gemm_epilogue(
+        a_ptr, w_ptr, bias_ptr, res_ptr, c_ptr, M, N, K,
+        HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        # 64-bit row offsets: M * N passes 2^31 at large batches of early EfficientNet layers.
+        rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            a = tl.load(a_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+            w = tl.load(w_ptr + kk[:, None] * N + rn[None, :], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+            acc = tl.dot(a, w, acc)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        offsets = rm[:, None] * N + rn[None, :]
+        if HAS_RES:
+            acc += tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        if ACT == 1:
+            acc = tl.maximum(acc, 0.0)
+        elif ACT == 2:
+            acc = acc * tl.sigmoid(acc)
+        elif ACT == 3:
+            acc = tl.sigmoid(acc)
+        elif ACT == 4:
+            acc = acc * tl.minimum(tl.maximum(acc + 3.0, 0.0), 6.0) / 6.0
+        elif ACT == 5:
+            acc = tl.minimum(tl.maximum(acc, 0.0), 6.0)
+        tl.store(c_ptr + offsets, acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+def block_sizes(k: int, n: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): wide N tiles for wide convs; K tiles no wider than K needs."""
+    block_n = 64 if n <= 64 else 128
+    block_k = 16 if k <= 16 else 32 if k <= 32 else 64
+    return 128, block_n, block_k, 4 if block_n == 64 else 8
+
+
+def gemm_1x1(x: torch.Tensor, w_mat: torch.Tensor, bias, residual, activation: str | None, out: torch.Tensor | None = None):
+    """act(conv1x1(x) + bias + residual) for NCHW-shaped x on channels-last memory; returns a channels-last NCHW tensor."""
+    n, k, h, w = x.shape
+    cout = w_mat.shape[1]
+    if w_mat.dim() != 2 or w_mat.shape[0] != k:
+        raise ValueError("triton_gemm_1x1 runs only with the [Cin, Cout] weight its prepare made")
+    rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, k)
+    m = rows.shape[0]
+    if out is None or tuple(out.shape) != (n, cout, h, w) or out.dtype != x.dtype or not _nhwc_dense(out):
+        out = torch.empty((n, cout, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    res_rows = None
+    if residual is not None:
+        res_rows = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, cout)
+    block_m, block_n, block_k, warps = block_sizes(k, cout)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(cout, block_n))
+    _gemm_epilogue[grid](
+        rows, w_mat, bias if bias is not None else rows, res_rows if res_rows is not None else rows, out, m, cout, k,
+        HAS_BIAS=bias is not None, HAS_RES=res_rows is not None, ACT=ACTIVATIONS[activation],
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=3,
+    )  # fmt: skip
+    return out
+
+
+def _nhwc_dense(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.permute(0, 2, 3, 1).is_contiguous()
+
+
+def _applies(layer, target) -> bool:
+    return triton is not None and is_pointwise_conv(layer, target) and layer.attrs.get("activation") in ACTIVATIONS
+
+
+def _low_precision(x: torch.Tensor) -> None:
+    if x.dtype not in LOW_PRECISION:
+        raise ValueError(f"triton_gemm_1x1 takes FP16/BF16 only (tl.dot would round {x.dtype} through TF32)")
+
+
+@tactic("conv", "triton_gemm_1x1", when=_applies, prepare=weight_as_gemm_1x1)
+def conv_1x1_triton(layer, inputs, run):
+    x, w_mat, b = inputs
+    _low_precision(x)
+    return gemm_1x1(x, w_mat, b, None, None, arena_output(run, 0))
+
+
+@tactic("conv_epilogue", "triton_gemm_1x1", when=_applies, prepare=weight_as_gemm_1x1)
+def conv_epilogue_1x1_triton(layer, inputs, run):
+    x, w_mat, b, residual = inputs
+    _low_precision(x)
+    return gemm_1x1(x, w_mat, b, residual, layer.attrs["activation"], arena_output(run, 0))
