@@ -96,7 +96,7 @@ def test_builder_times_candidates_and_uses_timing_cache(tmp_path):
     x = torch.randn(2, 3, 32, 32, device=CUDA)
     compiled = kiln.compile(model, [x], min_block_size=1, timing_cache_path=str(cache), enabled_precisions={torch.half})
     steps = [s for e in engines(compiled) for s in e.plan.steps]
-    convs = [s for s in steps if s.layer.kind == "conv"]
+    convs = [s for s in steps if s.layer.kind in ("conv", "conv_epilogue")]
     assert convs and all({"reference", "aten_nhwc"} <= set(s.timings) for s in convs)
     assert all(s.tactic == min(s.timings, key=s.timings.get) for s in steps if s.timings)
     entries = json.loads(cache.read_text())["entries"]
