@@ -49,6 +49,13 @@ CASES = {
         Layer("conv_epilogue", "c", ["x", "w", "b", None], ["y"], {**CONV, "groups": 16, "activation": "hardswish", "residual": False}),
         lambda: [_h(2, 16, 14, 14), _h(16, 1, 3, 3) * 0.3, _h(16), None],
     ),
+    "conv_depthwise_s2_silu_ragged": (
+        Layer(
+            "conv_epilogue", "c", ["x", "w", "b", None], ["y"],
+            {**CONV, "stride": [2, 2], "padding": [2, 2], "groups": 40, "activation": "silu", "residual": False},
+        ),
+        lambda: [_h(3, 40, 15, 15), _h(40, 1, 5, 5) * 0.2, _h(40), None],
+    ),  # fmt: skip
     "conv_patchify": (
         Layer("conv", "c", ["x", "w", "b"], ["y"], {**CONV, "padding": [0, 0], "stride": [16, 16]}),
         lambda: [_h(2, 3, 64, 48), _h(96, 3, 16, 16) * 0.05, _h(96)],

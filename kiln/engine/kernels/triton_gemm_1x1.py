@@ -10,10 +10,9 @@ residual, then the activation, the order of the conv_epilogue reference) and wri
 The same kernel serves a plain `conv` (no residual, no activation) so that the builder can
 time it against cuBLAS (kernels/aten_conv.py: gemm_1x1) on every 1x1 conv.
 
-Low precision only: on FP32 inputs tl.dot would round through TF32, which an FP32 engine
-must not do, so an FP32 layer is refused (the builder then skips this tactic). Without Triton
-installed the tactic is not offered at all. TRITON_INTERPRET=1 runs the kernel on the CPU,
-which is how the tests check it without a GPU.
+Low precision only (triton_epilogue.require_low_precision). Without Triton installed the
+tactic is not offered at all. TRITON_INTERPRET=1 runs the kernel on the CPU, which is how the
+tests check it without a GPU.
 """
 
 from __future__ import annotations
@@ -22,20 +21,13 @@ import torch
 
 from kiln.engine.kernels.aten_conv import is_pointwise_conv, weight_as_gemm_1x1
 from kiln.engine.kernels.registry import tactic
+from kiln.engine.kernels.triton_epilogue import ACTIVATIONS, nhwc_output, nhwc_rows, require_low_precision, triton
 from kiln.engine.runtime.executor import arena_output
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # a CPU-only install: the tactic is simply not offered
-    triton = None
-
-# Activation codes the kernel knows (a constexpr, so each compiles to straight-line code).
-ACTIVATIONS = {None: 0, "relu": 1, "silu": 2, "sigmoid": 3, "hardswish": 4, "relu6": 5}
-LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
 if triton is not None:
+    import triton.language as tl
+
+    from kiln.engine.kernels.triton_epilogue import epilogue
 
     @triton.jit
     def _gemm_epilogue(
@@ -55,22 +47,9 @@ if triton is not None:
             a = tl.load(a_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
             w = tl.load(w_ptr + kk[:, None] * N + rn[None, :], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
             acc = tl.dot(a, w, acc)
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
         mask = (rm[:, None] < M) & (rn[None, :] < N)
         offsets = rm[:, None] * N + rn[None, :]
-        if HAS_RES:
-            acc += tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        if ACT == 1:
-            acc = tl.maximum(acc, 0.0)
-        elif ACT == 2:
-            acc = acc * tl.sigmoid(acc)
-        elif ACT == 3:
-            acc = tl.sigmoid(acc)
-        elif ACT == 4:
-            acc = acc * tl.minimum(tl.maximum(acc + 3.0, 0.0), 6.0) / 6.0
-        elif ACT == 5:
-            acc = tl.minimum(tl.maximum(acc, 0.0), 6.0)
+        acc = epilogue(acc, bias_ptr, res_ptr, offsets, mask, rn, rn < N, HAS_BIAS, HAS_RES, ACT)
         tl.store(c_ptr + offsets, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
@@ -87,13 +66,10 @@ def gemm_1x1(x: torch.Tensor, w_mat: torch.Tensor, bias, residual, activation: s
     cout = w_mat.shape[1]
     if w_mat.dim() != 2 or w_mat.shape[0] != k:
         raise ValueError("triton_gemm_1x1 runs only with the [Cin, Cout] weight its prepare made")
-    rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, k)
+    rows = nhwc_rows(x)
     m = rows.shape[0]
-    if out is None or tuple(out.shape) != (n, cout, h, w) or out.dtype != x.dtype or not _nhwc_dense(out):
-        out = torch.empty((n, cout, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    res_rows = None
-    if residual is not None:
-        res_rows = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, cout)
+    out = nhwc_output(out, (n, cout, h, w), x)
+    res_rows = nhwc_rows(residual) if residual is not None else None
     block_m, block_n, block_k, warps = block_sizes(k, cout)
     grid = (triton.cdiv(m, block_m), triton.cdiv(cout, block_n))
     _gemm_epilogue[grid](
@@ -104,28 +80,19 @@ def gemm_1x1(x: torch.Tensor, w_mat: torch.Tensor, bias, residual, activation: s
     return out
 
 
-def _nhwc_dense(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and t.permute(0, 2, 3, 1).is_contiguous()
-
-
 def _applies(layer, target) -> bool:
     return triton is not None and is_pointwise_conv(layer, target) and layer.attrs.get("activation") in ACTIVATIONS
-
-
-def _low_precision(x: torch.Tensor) -> None:
-    if x.dtype not in LOW_PRECISION:
-        raise ValueError(f"triton_gemm_1x1 takes FP16/BF16 only (tl.dot would round {x.dtype} through TF32)")
 
 
 @tactic("conv", "triton_gemm_1x1", when=_applies, prepare=weight_as_gemm_1x1)
 def conv_1x1_triton(layer, inputs, run):
     x, w_mat, b = inputs
-    _low_precision(x)
+    require_low_precision(x, "triton_gemm_1x1")
     return gemm_1x1(x, w_mat, b, None, None, arena_output(run, 0))
 
 
 @tactic("conv_epilogue", "triton_gemm_1x1", when=_applies, prepare=weight_as_gemm_1x1)
 def conv_epilogue_1x1_triton(layer, inputs, run):
     x, w_mat, b, residual = inputs
-    _low_precision(x)
+    require_low_precision(x, "triton_gemm_1x1")
     return gemm_1x1(x, w_mat, b, residual, layer.attrs["activation"], arena_output(run, 0))
