@@ -59,9 +59,9 @@ def test_bfloat16():
 
 
 def test_writes_into_a_given_nhwc_buffer():
-    x = torch.randn(1, 16, 4, 4).half().contiguous(memory_format=torch.channels_last)
-    w_mat = torch.randn(16, 32).half()
-    buffer = torch.empty(1, 4, 4, 32).half().permute(0, 3, 1, 2)
+    x = torch.randn(1, 16, 4, 4, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    w_mat = torch.randn(16, 32, device=DEVICE).half()
+    buffer = torch.empty(1, 4, 4, 32, device=DEVICE).half().permute(0, 3, 1, 2)
     out = triton_gemm_1x1.gemm_1x1(x, w_mat, None, None, "relu", out=buffer)
     assert out.data_ptr() == buffer.data_ptr()
     ref = torch.relu(x.float().permute(0, 2, 3, 1).reshape(-1, 16) @ w_mat.float()).reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
