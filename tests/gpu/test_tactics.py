@@ -110,27 +110,25 @@ class Bottleneck(torch.nn.Module):
         return torch.relu(self.b2(self.c2(y)) + x)
 
 
-def test_resnet_block_fuses_conv_epilogues():
+def fp16_plan_steps(model, shape):
+    """Compile in FP16, check against eager (FP32 model, 1e-2 as in test_precision), return the plan's steps."""
     torch.manual_seed(0)
-    model = init_bn(Bottleneck()).to(CUDA)
-    x = torch.randn(2, 32, 28, 28, device=CUDA)
+    model = init_bn(model).to(CUDA)
+    x = torch.randn(*shape, device=CUDA)
     compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1)
-    (engine,) = compiled.engine_blocks.values()
-    kinds = [s.layer.kind for s in engine.plan.steps]
-    assert kinds.count("conv_epilogue") == 2 and "unary" not in kinds, kinds
     with torch.no_grad():
-        out, ref = compiled(x), model(x)
-    assert relative_error(out, ref) < 1e-2
+        assert relative_error(compiled(x), model(x)) < 1e-2
+    (engine,) = compiled.engine_blocks.values()
+    return engine.plan.steps
+
+
+def test_resnet_block_fuses_conv_epilogues():
+    kinds = [s.layer.kind for s in fp16_plan_steps(Bottleneck(), (2, 32, 28, 28))]
+    assert kinds.count("conv_epilogue") == 2 and "unary" not in kinds, kinds
 
 
 def test_mbconv_fuses_silu_and_residual_into_convs():
-    torch.manual_seed(0)
-    model = init_bn(SmallCNN()).to(CUDA)
-    x = torch.randn(4, 3, 64, 64, device=CUDA)
-    compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1)
-    (engine,) = compiled.engine_blocks.values()
-    fused = [s.layer.attrs["activation"] for s in engine.plan.steps if s.layer.kind == "conv_epilogue"]
+    steps = fp16_plan_steps(SmallCNN(), (4, 3, 64, 64))
+    fused = [s.layer.attrs["activation"] for s in steps if s.layer.kind == "conv_epilogue"]
     # stem conv + SiLU, depthwise conv + SiLU, SE reduce conv + SiLU, SE expand conv + sigmoid
     assert fused.count("silu") == 3 and "sigmoid" in fused, fused
-    with torch.no_grad():
-        assert relative_error(compiled(x), model(x)) < 1e-2
