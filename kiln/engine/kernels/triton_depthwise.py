@@ -26,7 +26,9 @@ if triton is not None:
 
     from kiln.engine.kernels.triton_epilogue import epilogue
 
-    @triton.jit
+    # Sizes that follow the input's shape are not specialised on: a ranged engine's new shape
+    # must launch the compiled kernel, not compile another.
+    @triton.jit(do_not_specialize=["P", "H", "W", "OH", "OW"])
     def _depthwise(
         x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
         P, C, H, W, OH, OW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,

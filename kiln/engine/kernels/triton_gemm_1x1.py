@@ -29,7 +29,9 @@ if triton is not None:
 
     from kiln.engine.kernels.triton_epilogue import epilogue
 
-    @triton.jit
+    # M grows with the batch: no specialisation on it (Triton would compile again whenever a new
+    # batch size changes M's divisibility by 16), so a ranged engine's new shape only launches.
+    @triton.jit(do_not_specialize=["M"])
     def _gemm_epilogue(
         a_ptr, w_ptr, bias_ptr, res_ptr, c_ptr, M, N, K,
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
