@@ -41,14 +41,14 @@ CONV_EPILOGUES = [
 def fuse_conv_epilogues(network: Network, ctx: OptimizeContext) -> Network:
     if ctx.settings.device.type != "cuda":
         return network
-    readers = network.consumers()
+    graph = _Graph(network)
     fused_away: set[str] = set()
     replacement: dict[str, Layer] = {}
     for layer in network.layers:
         if layer.kind != "conv" or layer.attrs.get("transposed") or len(layer.attrs["stride"]) != 2:
             continue
         for pattern in CONV_EPILOGUES:
-            match = _match(network, readers, layer, pattern)
+            match = _match(graph, layer, pattern)
             if match is not None:
                 fused, consumed = match
                 replacement[layer.name] = fused
@@ -59,50 +59,63 @@ def fuse_conv_epilogues(network: Network, ctx: OptimizeContext) -> Network:
     return network
 
 
-def _only_reader(network: Network, readers: dict, tensor: str) -> Layer | None:
-    users = readers.get(tensor, [])
-    if len(users) != 1 or tensor in network.outputs:
-        return None
-    return users[0]
+class _Graph:
+    """Who reads and who writes each tensor, and the layer order: computed once for every match."""
+
+    def __init__(self, network: Network):
+        self.network = network
+        self.readers = network.consumers()
+        self.producer = network.producer()
+        self.order = {layer.name: i for i, layer in enumerate(network.layers)}
+
+    def only_reader(self, tensor: str) -> Layer | None:
+        users = self.readers.get(tensor, [])
+        if len(users) != 1 or tensor in self.network.outputs:
+            return None
+        return users[0]
+
+    def residual_of(self, add: Layer | None, out: str) -> str | None:
+        """The other operand of `add` if it is out + a tensor of out's shape and dtype, made before `out`'s conv."""
+        if add is None or add.kind != "binary" or add.attrs.get("op") != "add" or add.attrs.get("alpha", 1) != 1 or None in add.inputs:
+            return None
+        other = [n for n in add.inputs if n != out]
+        if len(other) != 1:
+            return None
+        tensors = self.network.tensors
+        if list(tensors[other[0]].shape) != list(tensors[out].shape) or tensors[other[0]].dtype != tensors[out].dtype:
+            return None
+        # The residual must exist before the conv runs, since the fused layer takes the conv's place.
+        made_by = self.producer.get(other[0])
+        if made_by is not None and self.order[made_by.name] > self.order[self.producer[out].name]:
+            return None
+        return other[0]
 
 
-def _match(network: Network, readers: dict, conv: Layer, pattern: Epilogue):
-    out = conv.outputs[0]
+def _match(graph: _Graph, conv: Layer, pattern: Epilogue):
+    """Follow conv's output through the pattern's add and activation; the fused layer writes the chain's last output."""
+    last = conv.outputs[0]
     residual = None
-    consumed = []
-    nxt = _only_reader(network, readers, out)
-    if nxt is None:
-        return None
+    consumed: list[Layer] = []
     if pattern.residual:
-        if nxt.kind != "binary" or nxt.attrs.get("op") != "add" or nxt.attrs.get("alpha", 1) != 1 or None in nxt.inputs:
+        add = graph.only_reader(last)
+        residual = graph.residual_of(add, last)
+        if residual is None:
             return None
-        other = [n for n in nxt.inputs if n != out]
-        if len(other) != 1 or list(network.tensors[other[0]].shape) != list(network.tensors[out].shape):
-            return None
-        if network.tensors[other[0]].dtype != network.tensors[out].dtype:
-            return None
-        residual = other[0]
-        consumed.append(nxt)
-        if pattern.activation is not None:
-            nxt = _only_reader(network, readers, nxt.outputs[0])
-            if nxt is None:
-                return None
+        consumed.append(add)
+        last = add.outputs[0]
     if pattern.activation is not None:
-        if nxt.kind != "unary" or nxt.attrs.get("op") != pattern.activation:
+        act = graph.only_reader(last)
+        if act is None or act.kind != "unary" or act.attrs.get("op") != pattern.activation:
             return None
-        consumed.append(nxt)
-    # The residual must exist before the conv runs, since the fused layer takes the conv's place.
-    order = {layer.name: i for i, layer in enumerate(network.layers)}
-    producer = network.producer()
-    if residual is not None and residual in producer and order[producer[residual].name] > order[conv.name]:
-        return None
+        consumed.append(act)
+        last = act.outputs[0]
     x, w, b = conv.inputs
     attrs = {**conv.attrs, "activation": pattern.activation, "residual": residual is not None}
     fused = Layer(
         "conv_epilogue",
         conv.name,
         [x, w, b, residual],
-        [nxt.outputs[0]],
+        [last],
         attrs,
         conv.precision,
         " + ".join(s for s in (conv.source, *(c.source for c in consumed)) if s),

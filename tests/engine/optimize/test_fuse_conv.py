@@ -90,3 +90,18 @@ def test_no_fusion_for_cpu_engines():
     net, _ = chain(["silu"])
     fused = fuse_conv_epilogues(net, SimpleNamespace(settings=SimpleNamespace(device=torch.device("cpu"))))
     assert [layer.kind for layer in fused.layers] == ["conv", "unary"]
+
+
+def test_a_residual_made_after_the_conv_is_not_fused():
+    torch.manual_seed(0)
+    net = Network()
+    x = net.add_input("x", [2, 8, 5, 5], torch.float32)
+    r = net.add_input("r", [2, 16, 5, 5], torch.float32)
+    w = net.add_constant("w", torch.randn(16, 8, 1, 1))
+    b = net.add_constant("b", torch.randn(16))
+    (y,) = net.add_layer("conv", [x, w, b], [([2, 16, 5, 5], torch.float32)], dict(CONV))
+    (later,) = net.add_layer("unary", [r], [([2, 16, 5, 5], torch.float32)], {"op": "neg"})
+    (z,) = net.add_layer("binary", [y, later], [([2, 16, 5, 5], torch.float32)], {"op": "add", "alpha": 1})
+    net.outputs.append(z.name)
+    fused = fuse_conv_epilogues(net, CUDA_SETTINGS)
+    assert [layer.kind for layer in fused.layers] == ["conv", "unary", "binary"]
