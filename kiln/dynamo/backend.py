@@ -98,7 +98,7 @@ class KilnBackend:
         self.records.append(record)
         start = time.perf_counter()
         # A bad setting is the user's to fix, not a reason to run in eager quietly.
-        settings = kiln.api.make_settings(gm, list(example_inputs), {}, **{**_compile_defaults(), **merged, "device": merged.get("device")})
+        settings = kiln.api.make_settings(gm, list(example_inputs), {}, **{**_compile_defaults(), **merged})
         try:
             if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in example_inputs):
                 # An engine has no backward: running it here would cut the autograd graph.
@@ -175,8 +175,7 @@ class _DynamoGraph:
     def compile(self, settings: CompileSettings, record: GraphRecord, records: list[GraphRecord]) -> _Runner:
         # One tuple argument, not *tensors: export binds varargs as one input, which dynamic_shapes must mirror.
         captured = capture(self.wrapper(), [tuple(self.specs)], {}, settings, allow_specialization=True)
-        runner = _Runner(captured, self.tensor_positions, settings, records)
-        runner.compile_id = record.compile_id
+        runner = _Runner(captured, self.tensor_positions, settings, records, record)
         runner.build(runner.specs, record)
         return runner
 
@@ -208,11 +207,19 @@ class _FrozenInputs(torch.nn.Module):
 class _Runner:
     """What dynamo calls. It runs the engine, and rebuilds it when a call outgrows an open-ended range."""
 
-    def __init__(self, captured: CapturedGraph, tensor_positions: list[int], settings: CompileSettings, records: list[GraphRecord]):
+    def __init__(
+        self,
+        captured: CapturedGraph,
+        tensor_positions: list[int],
+        settings: CompileSettings,
+        records: list[GraphRecord],
+        first: GraphRecord,
+    ):
         self.captured = captured
         self.tensor_positions = tensor_positions
         self.settings = settings
         self.records = records
+        self.first = first  # the record of the compile that made this runner; rebuilds are logged under its id
         self.specs = [_engine_range(s) for s in captured.input_specs]
         self.compiled = None
         # (input, dim, ceiling): dims dynamo left open above, which may grow up to the ceiling.
@@ -242,7 +249,6 @@ class _Runner:
         return self.compiled(tuple(tensors))
 
     def _grow(self, tensors: list[torch.Tensor]) -> None:
-        first = next(r for r in self.records if r.report is not None and r.compile_id == self.compile_id)
         specs = [_copy(s) for s in self.specs]
         grown = []
         for i, d, ceiling in self.growable:
@@ -252,9 +258,9 @@ class _Runner:
                 specs[i].max_shape = _with(specs[i].max_shape, d, min(ceiling, _round_up(GROW_FACTOR * size)))
         # Dims of one symbol take the widest max, or check_symbols would refuse the call.
         _align_shared_max(specs)
-        record = GraphRecord(len(self.records), first.compile_id, [], cause="range grown: " + ", ".join(grown))
+        record = GraphRecord(len(self.records), self.first.compile_id, [], cause="range grown: " + ", ".join(grown))
         self.records.append(record)
-        log.info("kiln: rebuilding graph %d (%s) for a larger range: %s", first.index, first.compile_id, ", ".join(grown))
+        log.info("kiln: rebuilding graph %d (%s) for a larger range: %s", self.first.index, self.first.compile_id, ", ".join(grown))
         start = time.perf_counter()
         self.build(specs, record)
         record.compile_seconds = time.perf_counter() - start
