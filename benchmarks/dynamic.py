@@ -66,7 +66,6 @@ class RangedCase:
     size_range: tuple[int, int, int]
     sizes: list[int]
     size_name: str
-    dtype: torch.dtype
 
 
 @dataclass
@@ -135,7 +134,7 @@ def ranged_cases(names: list[str], smoke: bool, device: torch.device, dtype: tor
             model, hw, label = timm.create_model("resnet50", pretrained=False), 224, "resnet50"
             rng, sizes = (1, 32, 128), [1, 8, 32, 100, 128]
         model = model.eval().to(device, dtype)
-        cases.append(RangedCase(label, model, image_inputs(hw, dtype, device), image_specs(3, hw, dtype), rng, sizes, "batch", dtype))
+        cases.append(RangedCase(label, model, image_inputs(hw, dtype, device), image_specs(3, hw, dtype), rng, sizes, "batch"))
     if "encoder" in names:
         if smoke:
             cfg, batch, rng, sizes = TINY_ENCODER, 2, (4, 8, 32), [4, 8, 32]
@@ -143,7 +142,7 @@ def ranged_cases(names: list[str], smoke: bool, device: torch.device, dtype: tor
             cfg, batch, rng, sizes = BERT_BASE, 8, (16, 128, 512), [16, 100, 128, 384, 512]
         label = "tiny_encoder" if smoke else "bert_base_encoder"
         model = Encoder(cfg).eval().to(device, dtype)
-        cases.append(RangedCase(label, model, token_inputs(batch, cfg.vocab, device), token_specs(batch), rng, sizes, "seq", dtype))
+        cases.append(RangedCase(label, model, token_inputs(batch, cfg.vocab, device), token_specs(batch), rng, sizes, "seq"))
     return cases
 
 
