@@ -113,15 +113,12 @@ def weight_as_taps(layer, weights: dict) -> dict:
     return {name: value[:, 0].permute(1, 2, 0).contiguous()}
 
 
-@tactic("conv", "triton_depthwise", when=_is_depthwise, prepare=weight_as_taps)
 def conv_depthwise_triton(layer, inputs, run):
-    x, w_taps, b = inputs
+    """A `conv` ([x, w, b]) or a `conv_epilogue` ([x, w, b, residual] and an activation)."""
+    x, w_taps, b, *residual = inputs
     require_low_precision(x, "triton_depthwise")
-    return depthwise(x, w_taps, b, None, layer.attrs, arena_output(run, 0))
+    return depthwise(x, w_taps, b, residual[0] if residual else None, layer.attrs, arena_output(run, 0))
 
 
-@tactic("conv_epilogue", "triton_depthwise", when=_is_depthwise, prepare=weight_as_taps)
-def conv_epilogue_depthwise_triton(layer, inputs, run):
-    x, w_taps, b, residual = inputs
-    require_low_precision(x, "triton_depthwise")
-    return depthwise(x, w_taps, b, residual, layer.attrs, arena_output(run, 0))
+for _kind in ("conv", "conv_epilogue"):
+    tactic(_kind, "triton_depthwise", when=_is_depthwise, prepare=weight_as_taps)(conv_depthwise_triton)

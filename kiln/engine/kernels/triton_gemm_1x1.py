@@ -86,15 +86,12 @@ def _applies(layer, target) -> bool:
     return triton is not None and is_pointwise_conv(layer, target) and layer.attrs.get("activation") in ACTIVATIONS
 
 
-@tactic("conv", "triton_gemm_1x1", when=_applies, prepare=weight_as_gemm_1x1)
 def conv_1x1_triton(layer, inputs, run):
-    x, w_mat, b = inputs
+    """A `conv` ([x, w, b]) or a `conv_epilogue` ([x, w, b, residual] and an activation)."""
+    x, w_mat, b, *residual = inputs
     require_low_precision(x, "triton_gemm_1x1")
-    return gemm_1x1(x, w_mat, b, None, None, arena_output(run, 0))
+    return gemm_1x1(x, w_mat, b, residual[0] if residual else None, layer.attrs.get("activation"), arena_output(run, 0))
 
 
-@tactic("conv_epilogue", "triton_gemm_1x1", when=_applies, prepare=weight_as_gemm_1x1)
-def conv_epilogue_1x1_triton(layer, inputs, run):
-    x, w_mat, b, residual = inputs
-    require_low_precision(x, "triton_gemm_1x1")
-    return gemm_1x1(x, w_mat, b, residual, layer.attrs["activation"], arena_output(run, 0))
+for _kind in ("conv", "conv_epilogue"):
+    tactic(_kind, "triton_gemm_1x1", when=_applies, prepare=weight_as_gemm_1x1)(conv_1x1_triton)
