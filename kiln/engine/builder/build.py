@@ -5,8 +5,8 @@ layer by layer on random inputs) and the fastest kept; every candidate's time at
 goes into Step.timings for the report. A ranged engine is also run at the min and max shapes,
 and keeps the tactic whose worst slowdown against the best one at any of the three is the
 smallest: the winner at opt can be far off at the ends of the range (an attention backend that
-is best at sequence 128 and 15% slower at 16), and one engine must serve the whole range. Without a GPU the reference tactic is the only
-trustworthy choice, and nothing is timed.
+is best at sequence 128 and 15% slower at 16), and one engine must serve the whole range.
+Without a GPU the reference tactic is the only trustworthy choice, and nothing is timed.
 
 A tactic's `prepare` turns a weight into what it wants (NHWC, transposed...) once, here. A
 prepared weight is stored under its own name, "<weight>__<tactic>", so two layers that share a
