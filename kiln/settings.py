@@ -31,6 +31,9 @@ class CompileSettings:
     # cuDNN searches its algorithms again when a graph is recorded for an input shape other than
     # the one the tactics were timed at: steadier speed there, but a first call of 100s of ms.
     tune_new_shapes: bool = False
+    # CUDA streams that may run one engine at the same time, each in its own set of buffers
+    # (arena, graph pool, graphs); further streams share them and wait for each other.
+    max_execution_contexts: int = 4
 
     def __post_init__(self) -> None:
         bad = [p for p in self.enabled_precisions if p not in SUPPORTED_PRECISIONS]

@@ -1,8 +1,10 @@
 """EngineModule: one engine block as a torch.nn.Module inside the compiled graph.
 
 On CUDA (and Plan.cuda_graphs) a call replays the CUDA graph recorded for its input shapes
-(runtime/cuda_graphs.py): outputs are fresh tensors on every call, never views of engine
-buffers. Elsewhere, or while torch.compile traces through it, the plan runs eagerly.
+(runtime/cuda_graphs.py) on the caller's current stream: outputs are fresh tensors on every
+call, never views of engine buffers, and any number of threads and streams may call at once.
+Elsewhere, or while torch.compile traces through it, the plan runs eagerly; that path keeps
+no state between calls, so it is thread-safe as it is.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class EngineModule(torch.nn.Module):
         self.name = name
         self.executor = PlanExecutor(plan)
         self.use_cuda_graphs = plan.cuda_graphs and torch.device(plan.device).type == "cuda"
-        self.graphs = CudaGraphRunner(self.executor, plan.max_cuda_graphs) if self.use_cuda_graphs else None
+        self.graphs = CudaGraphRunner(self.executor, plan.max_cuda_graphs, plan.max_execution_contexts) if self.use_cuda_graphs else None
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.graphs is not None and not _capturing_or_tracing():
@@ -34,7 +36,7 @@ class EngineModule(torch.nn.Module):
         return profile_engine(self, list(inputs))
 
     def extra_repr(self) -> str:
-        graphs = f", {len(self.graphs.graphs)} CUDA graph(s)" if self.graphs is not None else ""
+        graphs = f", {sum(len(c.graphs) for c in self.graphs.contexts)} CUDA graph(s)" if self.graphs is not None else ""
         return f"{self.name}: {len(self.plan.steps)} layers on {self.plan.device}{graphs}"
 
 

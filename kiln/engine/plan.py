@@ -71,6 +71,8 @@ class Plan:
     cuda_graphs: bool = True
     max_cuda_graphs: int = 16
     tune_new_shapes: bool = False
+    # Streams that may run this engine at once, each in its own buffers (runtime/cuda_graphs.py).
+    max_execution_contexts: int = 4
 
     def to_json(self) -> dict:
         """Everything but the weight values (those go to safetensors under their tensor names)."""
@@ -89,6 +91,7 @@ class Plan:
             "cuda_graphs": self.cuda_graphs,
             "max_cuda_graphs": self.max_cuda_graphs,
             "tune_new_shapes": self.tune_new_shapes,
+            "max_execution_contexts": self.max_execution_contexts,
         }
 
     @classmethod
@@ -109,4 +112,5 @@ class Plan:
             cuda_graphs=bool(data.get("cuda_graphs", True)),
             max_cuda_graphs=int(data.get("max_cuda_graphs", 16)),
             tune_new_shapes=bool(data.get("tune_new_shapes", False)),
+            max_execution_contexts=int(data.get("max_execution_contexts", 4)),
         )

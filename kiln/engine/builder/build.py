@@ -77,6 +77,7 @@ def build_plan(network: Network, settings: CompileSettings) -> Plan:
         cuda_graphs=settings.cuda_graphs,
         max_cuda_graphs=settings.max_cuda_graphs,
         tune_new_shapes=settings.tune_new_shapes,
+        max_execution_contexts=settings.max_execution_contexts,
     )
 
 

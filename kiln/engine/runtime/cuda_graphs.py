@@ -3,42 +3,62 @@
 A call costs one copy per input into the graph's static input buffer, one graph replay, and
 one clone per output: no Python per layer, no allocation inside the replayed work.
 
-Graph cache. Keyed by the tuple of input shapes (symbol values follow from them through
-RunContext, so a dynamic-shape plan gets one graph per distinct shape). Bounded by
-Plan.max_cuda_graphs: the least recently used graph is dropped past that; a dropped shape is
-recorded again on its next call (a warm-up run plus a capture, a few ms for a CNN).
+Concurrency. A recorded graph owns fixed buffers (its static inputs, the arena, its outputs
+and the scratch memory of its pool), so two calls that replay buffers of one graph at the same
+time on the GPU would read each other's inputs. The runner therefore keeps a small pool of
+ExecutionContexts (TensorRT's model: one execution context per stream). A context is one set
+of buffers: an arena, a graph memory pool and its own recorded graphs. A call
+- takes the context bound to its CUDA stream (the current stream of the calling thread),
+  or, if the stream has none yet, a new one while fewer than `max_contexts` exist, or else the
+  least recently used one (rebinding it);
+- holds the context's lock only while it enqueues copy-in, replay and clone-out, so host
+  threads never interleave their enqueues into one context's buffers;
+- makes its stream wait on the event the context's previous call recorded after its clones,
+  so a context used from another stream is never overwritten while that work is in flight.
+Calls on one stream thus serialise on the GPU in the order they were made, as the stream
+orders them anyway; calls on different streams run on different contexts and overlap, up to
+`max_contexts` streams, past which streams share contexts and wait for each other: always
+correct, never deadlocked (one lock held at a time, events never wait on the host).
 
-Memory. Activations live in two places, both outside the replay's control flow:
+Recording (a warm-up run and a capture) holds a process-wide lock and captures in
+"thread_local" mode, so other threads keep replaying, copying and allocating meanwhile; only
+one capture is in flight in the process at a time.
+
+Graph cache. Per context, keyed by the tuple of input shapes (symbol values follow from them
+through RunContext, so a dynamic-shape plan gets one graph per distinct shape). Bounded by
+Plan.max_cuda_graphs per context: the least recently used graph is dropped past that; a
+dropped shape is recorded again on its next call (a warm-up run plus a capture).
+
+Memory. Activations live in two places per context, both outside the replay's control flow:
 - The arena: one uint8 buffer of Plan.arena.size bytes, planned from tensor lifetimes at the
-  max symbol values (builder/memory.py). Tactics that can write into a given tensor (out=
-  variants: kernels/aten_matmul.py, kernels/aten_pointwise.py) get their output as a view at the
-  planned offset. One arena per engine serves every recorded shape.
+  max symbol values (builder/memory.py). Tactics that can write into a given tensor get their
+  output as a view at the planned offset. One arena per context serves every recorded shape.
 - The graph pool: tactics that must allocate (cuDNN convolution, SDPA, most PyTorch ops have
-  no out= form) allocate during capture from a CUDA-graph private memory pool. The executor
-  frees each value after its last use during capture, so the caching allocator reuses those
-  blocks in lifetime order, as the arena plan does; at replay nothing is allocated at all.
-  Every graph of an engine shares one pool: graphs are replayed one at a time on the caller's
-  stream and their outputs are cloned before another replay, so the scratch memory of one
-  graph may safely be another's.
+  no out= form) allocate during capture from the context's private CUDA-graph memory pool. The
+  executor frees each value after its last use during capture, so the allocator reuses those
+  blocks in lifetime order; at replay nothing is allocated. The graphs of one context share its
+  pool: they are replayed one at a time (the event chain above) and their outputs are cloned
+  before another replay, so the scratch memory of one graph may safely be another's. Graphs of
+  different contexts never share a pool, because they may run at the same time.
 
 Tuning. The builder timed every tactic at the opt shape (and a ranged engine's at min and max
 too), and the graphs recorded for those shapes let cuDNN search its algorithms
 (cudnn.benchmark) as the builder's timing did. Any other shape is recorded with cuDNN's
 heuristic choice: its first call costs a warm-up, cuDNN's per-shape plan construction and a
-capture (~150 ms for a ResNet-50 on an H100, about what eager PyTorch pays at a new shape),
-not a search of every conv's algorithms (~500 ms). CompileSettings.tune_new_shapes=True
+capture, not a search of every conv's algorithms. CompileSettings.tune_new_shapes=True
 searches at every new shape instead.
 
 Outputs are cloned after replay: the graph writes its outputs to the same addresses on every
 replay, so a caller that keeps an output across calls would otherwise see it overwritten by
-the next call. The clone costs one device copy per output (a few microseconds for a logits
-tensor) and buys plain PyTorch semantics: every call returns tensors of its own.
+the next call. The clone costs one device copy per output and buys plain PyTorch semantics:
+every call returns tensors of its own.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -50,6 +70,14 @@ from kiln.engine.runtime.executor import PlanExecutor
 
 Shapes = tuple[tuple[int, ...], ...]
 
+# One capture at a time in the process: the warm-up flips cudnn.benchmark, a global flag, and
+# torch.cuda.graph synchronises the device and empties the allocator's cache on entry.
+_RECORDING = threading.Lock()
+
+# Streams that may run one engine at the same time before they start sharing buffers: each
+# context costs an arena and a graph pool, so this bounds memory at (contexts x one engine).
+DEFAULT_MAX_CONTEXTS = 4
+
 
 @dataclass
 class RecordedGraph:
@@ -58,61 +86,124 @@ class RecordedGraph:
     static_outputs: list[torch.Tensor]
 
 
-class CudaGraphRunner:
-    """Runs a PlanExecutor's plan through CUDA graphs, one per input-shape profile (LRU-bounded)."""
+@dataclass(eq=False)
+class ExecutionContext:
+    """One set of buffers a call runs in: arena, graph pool, and the graphs recorded over them."""
 
-    def __init__(self, executor: PlanExecutor, max_graphs: int):
+    stream: torch.cuda.Stream
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    graphs: OrderedDict[Shapes, RecordedGraph] = field(default_factory=OrderedDict)
+    pool: object = None
+    arena: torch.Tensor | None = None
+    # Recorded on the stream of the last call after its outputs were cloned: the buffers are free after it.
+    done: torch.cuda.Event | None = None
+
+
+class CudaGraphRunner:
+    """Runs a PlanExecutor's plan through CUDA graphs: per execution context, one graph per input-shape profile."""
+
+    def __init__(self, executor: PlanExecutor, max_graphs: int, max_contexts: int = DEFAULT_MAX_CONTEXTS):
         self.executor = executor
         self.max_graphs = max(1, max_graphs)
-        self.graphs: OrderedDict[Shapes, RecordedGraph] = OrderedDict()
-        self.pool = None
-        self.arena: torch.Tensor | None = None
-        self.records = 0
+        self.max_contexts = max(1, max_contexts)
+        self.contexts: list[ExecutionContext] = []
+        self._choosing = threading.Lock()
+        self._records = 0
         plan = executor.plan
         self.tuned_shapes: set[Shapes] = {
             tuple(tuple(evaluate_shape(plan.tensors[name].shape, point)) for name in plan.inputs) for point in tuning_points(plan.symbols)
         }
 
-    def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        key = tuple(tuple(x.shape) for x in inputs)
-        entry = self.graphs.get(key)
-        if entry is None:
-            entry = self._record(inputs, key)
-        else:
-            self.graphs.move_to_end(key)
-        for static, x in zip(entry.static_inputs, inputs):
-            static.copy_(x)
-        entry.graph.replay()
-        return [out.clone() for out in entry.static_outputs]
+    @property
+    def records(self) -> int:
+        """How many graphs were recorded so far, over every context."""
+        return self._records
 
-    def _record(self, inputs: list[torch.Tensor], key: Shapes) -> RecordedGraph:
+    @property
+    def graphs(self) -> OrderedDict[Shapes, RecordedGraph]:
+        """The graphs of the first context (the only one when a single stream calls)."""
+        return self.contexts[0].graphs if self.contexts else OrderedDict()
+
+    @property
+    def arena(self) -> torch.Tensor | None:
+        return self.contexts[0].arena if self.contexts else None
+
+    def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        device = inputs[0].device if inputs else torch.device(self.executor.plan.device)
+        stream = torch.cuda.current_stream(device)
+        ctx = self._acquire(stream)
+        try:
+            if ctx.done is not None:
+                stream.wait_event(ctx.done)
+            key = tuple(tuple(x.shape) for x in inputs)
+            entry = ctx.graphs.get(key)
+            if entry is None:
+                entry = self._record(ctx, inputs, key, device)
+            else:
+                ctx.graphs.move_to_end(key)
+            for static, x in zip(entry.static_inputs, inputs):
+                static.copy_(x)
+            entry.graph.replay()
+            outputs = [out.clone() for out in entry.static_outputs]
+            if ctx.done is None:
+                ctx.done = torch.cuda.Event()
+            ctx.done.record(stream)
+            return outputs
+        finally:
+            ctx.lock.release()
+
+    def _acquire(self, stream: torch.cuda.Stream) -> ExecutionContext:
+        """The context this call runs in, locked. Only `_choosing` is held while looking, so no lock-order cycle."""
+        with self._choosing:
+            own = next((c for c in self.contexts if c.stream == stream), None)
+            if own is None and len(self.contexts) < self.max_contexts:
+                own = ExecutionContext(stream)
+                self.contexts.append(own)
+            if own is None:
+                own = next((c for c in self.contexts if c.lock.acquire(blocking=False)), None)
+                if own is not None:
+                    own.stream = stream
+                    self._to_back(own)
+                    return own
+                own = self.contexts[0]  # every context busy: queue on the least recently rebound one
+                own.stream = stream
+            self._to_back(own)
+        own.lock.acquire()
+        return own
+
+    def _to_back(self, ctx: ExecutionContext) -> None:
+        self.contexts.remove(ctx)
+        self.contexts.append(ctx)
+
+    def _record(self, ctx: ExecutionContext, inputs: list[torch.Tensor], key: Shapes, device: torch.device) -> RecordedGraph:
         plan = self.executor.plan
-        device = inputs[0].device if inputs else torch.device(plan.device)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        if self.arena is None and plan.arena is not None and plan.arena.size:
-            self.arena = torch.empty(plan.arena.size, dtype=torch.uint8, device=device)
-        # Static inputs are plain allocations outside the pool: they must outlive every replay.
-        with torch.inference_mode(False), torch.no_grad():
+        with _RECORDING, torch.inference_mode(False), torch.no_grad():
+            if ctx.pool is None:
+                ctx.pool = torch.cuda.graph_pool_handle()
+            if ctx.arena is None and plan.arena is not None and plan.arena.size:
+                ctx.arena = torch.empty(plan.arena.size, dtype=torch.uint8, device=device)
+            # Static inputs are plain allocations outside the pool: they must outlive every replay.
             static = [_static_like(x, plan.tensors[name].layout) for x, name in zip(inputs, plan.inputs)]
             for s, x in zip(static, inputs):
                 s.copy_(x)
             tune = plan.tune_new_shapes or key in self.tuned_shapes
+            caller = torch.cuda.current_stream(device)
             with cudnn_autotune(tune):
                 side = torch.cuda.Stream(device)
-                side.wait_stream(torch.cuda.current_stream(device))
+                side.wait_stream(caller)
                 with torch.cuda.stream(side):
                     # Warm-up outside capture: cuDNN/cuBLAS algorithm search and lazy init must not be recorded.
-                    self.executor.run(static, self.arena)
-                torch.cuda.current_stream(device).wait_stream(side)
+                    self.executor.run(static, ctx.arena)
+                caller.wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool):
-                    outputs = self.executor.run(static, self.arena)
-        entry = RecordedGraph(graph, static, outputs)
-        self.graphs[key] = entry
-        self.records += 1
-        while len(self.graphs) > self.max_graphs:
-            self.graphs.popitem(last=False)
+                # thread_local: other threads' replays and allocations go on while this thread captures.
+                with torch.cuda.graph(graph, pool=ctx.pool, capture_error_mode="thread_local"):
+                    outputs = self.executor.run(static, ctx.arena)
+            entry = RecordedGraph(graph, static, outputs)
+            ctx.graphs[key] = entry
+            self._records += 1
+            while len(ctx.graphs) > self.max_graphs:
+                ctx.graphs.popitem(last=False)
         return entry
 
 
