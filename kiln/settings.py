@@ -31,6 +31,9 @@ class CompileSettings:
     # cuDNN searches its algorithms again when a graph is recorded for an input shape other than
     # the one the tactics were timed at: steadier speed there, but a first call of 100s of ms.
     tune_new_shapes: bool = False
+    # Offer a 2:4 sparse tactic (cuSPARSELt) for every GEMM-like layer whose constant weight has
+    # the 2:4 pattern (docs/sparsity.md); the builder keeps it only where it times faster.
+    sparse_weights: bool = False
     # CUDA streams that may run one engine at the same time, each in its own set of buffers
     # (arena, graph pool, graphs); further streams share them and wait for each other.
     max_execution_contexts: int = 4
