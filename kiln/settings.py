@@ -8,7 +8,11 @@ import torch
 
 from kiln.errors import KilnError
 
-SUPPORTED_PRECISIONS = (torch.float32, torch.float16, torch.bfloat16)
+SUPPORTED_PRECISIONS = (torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.float8_e4m3fn)
+# Quantized precisions: conv/linear/matmul layers run on 8-bit inputs (kiln/quantize, docs/quantization.md).
+QUANTIZED_PRECISIONS = {torch.int8: "int8", torch.float8_e4m3fn: "fp8"}
+# FP8 tensor cores: Ada (8.9) and Hopper (9.0) onwards.
+FP8_MIN_CAPABILITY = (8, 9)
 
 
 @dataclass(frozen=True)
@@ -37,15 +41,28 @@ class CompileSettings:
     # CUDA streams that may run one engine at the same time, each in its own set of buffers
     # (arena, graph pool, graphs); further streams share them and wait for each other.
     max_execution_contexts: int = 4
+    # INT8/FP8 post-training quantization: a kiln.ptq calibrator (DataLoaderCalibrator, CacheCalibrator).
+    calibrator: object = None
+    # Largest relative L2 error of an engine block's outputs vs FP32, on the calibration batches, that
+    # quantization may cost; the most harmful quantized layers are kept in FP16/FP32 until it holds.
+    int8_error_budget: float = 0.05
 
     def __post_init__(self) -> None:
         bad = [p for p in self.enabled_precisions if p not in SUPPORTED_PRECISIONS]
         if bad:
-            raise KilnError(
-                f"enabled_precisions contains {bad}; Kiln supports {list(SUPPORTED_PRECISIONS)} (INT8/FP8 are not available yet)."
-            )
+            raise KilnError(f"enabled_precisions contains {bad}; Kiln supports {list(SUPPORTED_PRECISIONS)}.")
         if self.min_block_size < 1:
             raise KilnError(f"min_block_size must be >= 1, got {self.min_block_size}.")
+        if self.int8_error_budget <= 0:
+            raise KilnError(f"int8_error_budget must be > 0 (a relative error such as 0.05), got {self.int8_error_budget}.")
+        if torch.float8_e4m3fn in self.enabled_precisions and self.device.type == "cuda":
+            capability = torch.cuda.get_device_capability(self.device)
+            if capability < FP8_MIN_CAPABILITY:
+                raise KilnError(
+                    f"enabled_precisions asks for FP8 (torch.float8_e4m3fn), but {torch.cuda.get_device_name(self.device)} has "
+                    f"compute capability {capability[0]}.{capability[1]}; FP8 needs 8.9 or newer (Ada, Hopper). "
+                    "Use torch.int8 instead, or compile on the CPU to simulate FP8."
+                )
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -55,6 +72,14 @@ class CompileSettings:
         if torch.bfloat16 in self.enabled_precisions:
             return torch.bfloat16
         return torch.float32
+
+    @property
+    def quantized_dtype(self) -> str | None:
+        """"int8" or "fp8" when conv/linear/matmul layers may run quantized (INT8 wins when both are enabled), else None."""
+        for dtype, name in QUANTIZED_PRECISIONS.items():
+            if dtype in self.enabled_precisions:
+                return name
+        return None
 
 
 def op_name(target: object) -> str:

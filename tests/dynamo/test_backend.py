@@ -205,7 +205,7 @@ def test_graph_kiln_cannot_capture_runs_in_eager_and_says_why(monkeypatch):
 
 def test_a_bad_setting_is_an_error_not_a_silent_fallback():
     model = Mlp().eval()
-    compiled = torch.compile(model, backend=KilnBackend(min_block_size=1, enabled_precisions={torch.int8}))
+    compiled = torch.compile(model, backend=KilnBackend(min_block_size=1, enabled_precisions={torch.float64}))
     with pytest.raises(Exception, match="enabled_precisions"):
         compiled(torch.randn(4, 16))
 

@@ -14,6 +14,7 @@ _DTYPES = {
     "int16": torch.int16,
     "int8": torch.int8,
     "uint8": torch.uint8,
+    "float8_e4m3fn": torch.float8_e4m3fn,
     "bool": torch.bool,
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
