@@ -23,3 +23,11 @@ class CorruptFileError(KilnError):
 
 class ConversionError(KilnError):
     """A converter could not turn an FX node into engine layers."""
+
+
+class OutOfMemoryError(KilnError):
+    """The GPU ran out of memory while building an engine; nothing from the build is left allocated."""
+
+
+class KilnWarning(UserWarning):
+    """Kiln went on with a fallback (a tactic skipped, a loaded plan re-targeted) that may cost speed, not correctness."""

@@ -10,12 +10,25 @@ Without a GPU the reference tactic is the only trustworthy choice, and nothing i
 
 A tactic's `prepare` turns a weight into what it wants (NHWC, transposed...) once, here. A
 prepared weight is stored under its own name, "<weight>__<tactic>", so two layers that share a
-weight but chose different tactics each get theirs; weights no step reads are dropped.
+weight but chose different tactics each get theirs; weights no step reads are dropped, but the
+desc of each original stays in Plan.tensors, so a loaded plan can undo the preparation when it
+must switch tactics on another device (builder/retarget.py).
+
+Faults never end a build with a traceback from inside a kernel: a tactic that raises while
+being prepared, timed or run for real (a Triton compile error, cuDNN finding no engine, a shape
+it cannot take) is skipped with a KilnWarning and the layer takes the next-best tactic, the
+reference at worst. Running out of GPU memory is not skipped, since every other tactic would
+need the same activations: it becomes one OutOfMemoryError that names the layer, after every
+tensor the build made is freed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
+import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -29,23 +42,80 @@ from kiln.engine.ir.tensor import Layout, TensorDesc
 from kiln.engine.kernels.registry import REFERENCE, BuildTarget, RunContext, Tactic, tactics_for
 from kiln.engine.optimize.precision import kept_fp32
 from kiln.engine.plan import Plan, Step
+from kiln.errors import KilnError, KilnWarning, OutOfMemoryError
 from kiln.settings import CompileSettings
 
 PROGRESS_EVERY = 25
 
 
-def build_plan(network: Network, settings: CompileSettings) -> Plan:
+# Chooses a layer's tactic without timing: (layer, applicable tactics) -> (tactic, timings for the report).
+Pick = Callable[[Layer, list[Tactic]], tuple[Tactic, dict[str, float]]]
+# Milliseconds of one call of a function that runs a tactic.
+Timer = Callable[[Callable[[], object]], float]
+
+
+def build_plan(network: Network, settings: CompileSettings, pick: Pick | None = None, timer: Timer | None = None) -> Plan:
+    """Choose a tactic per layer and lay out the plan.
+
+    By `pick` if given; else by timing every applicable tactic with `timer` (on CUDA by default,
+    with time_on_gpu); else, with nothing to time on, the reference."""
     target = BuildTarget(settings.device, settings.compute_dtype)
-    tensors = dict(network.tensors)
-    weights = PreparedWeights({name: value.to(settings.device) for name, value in network.constants.items()}, tensors)
+    progress = BuildProgress(f"moving the weights to {settings.device}")
+    failure = None
+    try:
+        with on_device(settings.device):
+            steps, weights = _choose_steps(network, settings, target, pick, timer, progress)
+    except torch.cuda.OutOfMemoryError as exc:
+        # Only text leaves this block: the exception's frames hold every tensor the build made.
+        failure = str(exc).split("\n")[0]
+    if failure is not None:
+        gc.collect()
+        torch.cuda.empty_cache()
+        raise OutOfMemoryError(out_of_memory_message(progress.doing, settings.device, failure))
+    return assemble_plan(network, settings, steps, weights)
+
+
+def out_of_memory_message(doing: str, device: torch.device, detail: str) -> str:
+    return (
+        f"out of GPU memory on {device} while {doing} ({detail}). The builder runs every layer at the opt, min and max "
+        "shape of each kiln.Input: compile with a smaller max_shape (or a lower batch size), free the memory other "
+        "models and compiled modules hold on this GPU (each keeps up to max_cuda_graphs recorded CUDA graphs: pass a "
+        "smaller max_cuda_graphs or cuda_graphs=False to them), or build on a GPU with more memory. Everything this "
+        "build allocated has been freed."
+    )
+
+
+class BuildProgress:
+    """What the build is doing now, in words, so an out-of-memory error can say where it happened."""
+
+    def __init__(self, doing: str):
+        self.doing = doing
+
+
+@contextlib.contextmanager
+def on_device(device: torch.device):
+    """Make `device` the current CUDA device: timing streams, Triton launches and graphs all follow it."""
+    if torch.device(device).type == "cuda":
+        with torch.cuda.device(device):
+            yield
+    else:
+        yield
+
+
+def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarget, pick, timer, progress: BuildProgress):
+    weights = PreparedWeights({name: value.to(settings.device) for name, value in network.constants.items()}, dict(network.tensors))
     started = time.perf_counter()
     steps = []
-    if target.is_cuda:
+    if pick is None and (target.is_cuda or timer is not None):
         cache = TimingCache(settings.timing_cache_path)
-        tuners = [LayerTuner(network, weights, settings, point, cache) for point in tuning_points(network.symbols)]
+        tuners = []
+        for point in tuning_points(network.symbols):
+            progress.doing = f"making random inputs at shape {dict(point) or 'static'}"
+            tuners.append(LayerTuner(network, weights, settings, point, cache, progress, timer or time_on_gpu))
         with cudnn_autotune(), torch.no_grad():
             for i, layer in enumerate(network.layers):
                 tactic, timings = choose_tactic(tuners, i, layer, tactics_for(layer, target))
+                progress.doing = f"preparing the weights of layer {layer.name} ({layer.kind}) for tactic {tactic.name!r}"
                 steps.append(Step(weights.apply(layer, tactic), tactic.name, timings))
                 if settings.debug and (i + 1) % PROGRESS_EVERY == 0:
                     print(f"kiln build: {i + 1}/{len(network.layers)} layers, {time.perf_counter() - started:.1f} s", flush=True)
@@ -58,11 +128,21 @@ def build_plan(network: Network, settings: CompileSettings) -> Plan:
             )
     else:
         for layer in network.layers:
-            candidates = tactics_for(layer, target)
-            chosen = next((t for t in candidates if t.name == REFERENCE), candidates[0])
-            steps.append(Step(weights.apply(layer, chosen), chosen.name))
+            tactic, timings = (pick or pick_reference)(layer, tactics_for(layer, target))
+            progress.doing = f"preparing the weights of layer {layer.name} ({layer.kind}) for tactic {tactic.name!r}"
+            steps.append(Step(weights.apply(layer, tactic), tactic.name, timings))
+    return steps, weights
+
+
+def pick_reference(layer: Layer, candidates: list[Tactic]) -> tuple[Tactic, dict[str, float]]:
+    """Without a GPU to time on, the reference is the only trustworthy choice."""
+    return next((t for t in candidates if t.name == REFERENCE), candidates[0]), {}
+
+
+def assemble_plan(network: Network, settings: CompileSettings, steps: list[Step], weights: PreparedWeights) -> Plan:
     used = {n for s in steps for n in s.layer.inputs if n is not None}
-    plan_tensors = {n: d for n, d in tensors.items() if d.role != "constant" or n in used}
+    kept = used | originals_of_prepared(steps)
+    plan_tensors = {n: d for n, d in weights.tensors.items() if d.role != "constant" or n in kept}
     return Plan(
         inputs=list(network.inputs),
         outputs=list(network.outputs),
@@ -77,8 +157,28 @@ def build_plan(network: Network, settings: CompileSettings) -> Plan:
         cuda_graphs=settings.cuda_graphs,
         max_cuda_graphs=settings.max_cuda_graphs,
         tune_new_shapes=settings.tune_new_shapes,
-        max_execution_contexts=settings.max_execution_contexts,
     )
+
+
+def prepared_name(weight: str, tactic: str) -> str:
+    return f"{weight}__{tactic}"
+
+
+def original_name(name: str, tactic: str) -> str | None:
+    """The weight `name` was prepared from for `tactic`, or None if it is not a prepared weight."""
+    suffix = prepared_name("", tactic)
+    return name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else None
+
+
+def originals_of_prepared(steps: list[Step]) -> set[str]:
+    """Weights the steps read only through a tactic's prepared copy: their descs stay in the plan."""
+    found = set()
+    for step in steps:
+        for n in step.layer.inputs:
+            original = original_name(n, step.tactic) if n is not None else None
+            if original is not None:
+                found.add(original)
+    return found
 
 
 class PreparedWeights:
@@ -107,7 +207,7 @@ class PreparedWeights:
         inputs = []
         for n in layer.inputs:
             if n in changed:
-                name = f"{n}__{tactic.name}"
+                name = prepared_name(n, tactic.name)
                 if name not in self.values:
                     value = changed[n]
                     self.values[name] = value
@@ -120,9 +220,12 @@ class PreparedWeights:
 
 
 def choose_tactic(tuners: list[LayerTuner], index: int, layer: Layer, candidates: list[Tactic]) -> tuple[Tactic, dict[str, float]]:
-    """The tactic with the smallest worst-case slowdown against each point's fastest; ties go to the faster at opt."""
+    """The tactic with the smallest worst-case slowdown against each point's fastest; ties go to the faster at opt.
+
+    The chosen tactic then runs for real at every point, so the next layer is timed on its output;
+    if it raises there, or gives an output of the wrong shape, the next in rank takes its place."""
     timings: dict[str, float] = {}
-    chosen = candidates[0]
+    ranked = list(candidates)
     if len(candidates) > 1:
         per_point = [tuner.time_all(layer, candidates) for tuner in tuners]
         timings = per_point[0]
@@ -132,25 +235,76 @@ def choose_tactic(tuners: list[LayerTuner], index: int, layer: Layer, candidates
             ratio = max(point[tactic.name] / max(min(point.values()), 1e-9) for point in per_point)
             return round(ratio, 3), timings[tactic.name]
 
-        chosen = min(usable, key=worst_slowdown)
-    for tuner in tuners:
-        tuner.advance(index, layer, chosen)
-    return chosen, timings
+        ranked = sorted(usable, key=worst_slowdown)
+        ranked += [t for t in candidates if t.name == REFERENCE and t not in ranked]
+    for tactic in ranked:
+        try:
+            # Every point first, and only then keep the outputs: a tactic failing at the max shape
+            # must not leave the opt point's values half advanced.
+            outputs = [tuner.run(layer, tactic) for tuner in tuners]
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            if tactic.name == REFERENCE or tactic is ranked[-1]:
+                raise
+            skip_tactic(layer, tactic, "failed when run for real", exc)
+            check_device_alive(layer, tactic, exc)
+            continue
+        for tuner, values in zip(tuners, outputs):
+            tuner.keep(index, layer, values)
+        return tactic, timings
+    raise KilnError(f"layer {layer.name} ({layer.kind}) has no tactic that applies")  # tactics_for always offers the reference
+
+
+def skip_tactic(layer: Layer, tactic: Tactic, what: str, exc: BaseException) -> None:
+    lines = str(exc).strip().splitlines() or [""]
+    detail = lines[0][:300] + (" ..." if len(lines) > 1 or len(lines[0]) > 300 else "")
+    warnings.warn(
+        f"kiln build: layer {layer.name} ({layer.kind}): tactic {tactic.name!r} {what} and is skipped "
+        f"({type(exc).__name__}: {detail}); the layer uses another tactic. Compile with debug=True to see every candidate.",
+        KilnWarning,
+        stacklevel=2,
+    )
+
+
+def check_device_alive(layer: Layer, tactic: Tactic, exc: BaseException) -> None:
+    """After a tactic failed on CUDA, make sure it did not leave the GPU unusable (an illegal memory access is sticky)."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return
+    try:
+        torch.cuda.synchronize()
+    except RuntimeError as broken:
+        raise KilnError(
+            f"tactic {tactic.name!r} of layer {layer.name} ({layer.kind}) failed ({type(exc).__name__}: {str(exc)[:200]}) and "
+            f"left the GPU unusable ({str(broken)[:200]}); this is a bug in that kernel. Restart the process, and compile "
+            "with the op that made this layer in torch_executed_ops until it is fixed."
+        ) from None
 
 
 class LayerTuner:
     """Runs the network at one set of symbol values, timing every candidate tactic of each layer on its real inputs."""
 
-    def __init__(self, network: Network, weights: PreparedWeights, settings: CompileSettings, point: dict[str, int], cache: TimingCache):
+    def __init__(
+        self,
+        network: Network,
+        weights: PreparedWeights,
+        settings: CompileSettings,
+        point: dict[str, int],
+        cache: TimingCache,
+        progress: BuildProgress | None = None,
+        timer: Timer = time_on_gpu,
+    ):
         self.network = network
         self.weights = weights
-        self.run = RunContext(point)
+        self.run_context = RunContext(point)
         self.cache = cache
         self.timed = 0
         self.debug = settings.debug
+        self.progress = progress or BuildProgress("")
+        self.timer = timer
         self.values: dict[str, torch.Tensor] = {}
         for name in network.inputs:
-            self.values[name] = random_tensor(network.tensors[name], self.run, settings.device)
+            self.values[name] = random_tensor(network.tensors[name], self.run_context, settings.device)
         self.last_use: dict[str, int] = {}
         for i, layer in enumerate(network.layers):
             for n in layer.inputs:
@@ -171,31 +325,52 @@ class LayerTuner:
                 out.append(self.weights.values[n])
         return out
 
+    def _where(self, layer: Layer, tactic: Tactic, doing: str) -> str:
+        shape = f" at shape {dict(self.run_context.symbols)}" if self.run_context.symbols else ""
+        return f"{doing} tactic {tactic.name!r} of layer {layer.name} ({layer.kind}){shape}"
+
     def time_all(self, layer: Layer, candidates: list[Tactic]) -> dict[str, float]:
-        """Milliseconds of each candidate that can take this layer here."""
+        """Milliseconds of each candidate that can take this layer here; one that raises is skipped with a warning."""
         timings: dict[str, float] = {}
         for tactic in candidates:
             try:
+                self.progress.doing = self._where(layer, tactic, "preparing the weights for")
                 inputs = self._inputs(layer, tactic)
                 key = TimingCache.key(layer.kind, tactic.name, layer.attrs, inputs)
                 ms = self.cache.get(key)
                 if ms is None:
-                    ms = time_on_gpu(lambda t=tactic, x=inputs: t.fn(layer, x, self.run))
+                    self.progress.doing = self._where(layer, tactic, "timing")
+                    ms = self.timer(lambda t=tactic, x=inputs: t.fn(layer, x, self.run_context))
                     self.timed += 1
                     self.cache.put(key, ms)
-            except Exception as exc:  # a fast tactic that cannot take this layer is skipped, not fatal
+            except torch.cuda.OutOfMemoryError:
+                raise  # every other tactic needs the same activations: build_plan makes it one clear error
+            except Exception as exc:
                 if tactic.name == REFERENCE:
                     raise
                 if self.debug:
                     print(f"kiln build: tactic {tactic.name} does not take {layer.name}: {exc}")
+                skip_tactic(layer, tactic, "failed to prepare or compile, or raised while being timed", exc)
+                check_device_alive(layer, tactic, exc)
                 continue
             timings[tactic.name] = round(ms, 5)
         return timings
 
-    def advance(self, index: int, layer: Layer, chosen: Tactic) -> None:
-        """Run the chosen tactic so the next layer is timed on this one's real output."""
-        result = chosen.fn(layer, self._inputs(layer, chosen), self.run)
+    def run(self, layer: Layer, tactic: Tactic) -> list[torch.Tensor]:
+        """The layer's outputs computed by `tactic` on this point's real inputs; ValueError if their shapes are wrong."""
+        self.progress.doing = self._where(layer, tactic, "running")
+        result = tactic.fn(layer, self._inputs(layer, tactic), self.run_context)
         results = [result] if isinstance(result, torch.Tensor) else list(result)
+        if tactic.name != REFERENCE:
+            # The reference defines what the layer computes; a fast tactic giving another shape would be a wrong answer.
+            expected = [self.run_context.shape(self.network.tensors[n].shape) for n in layer.outputs]
+            got = [list(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__ for r in results]
+            if got != expected:
+                raise ValueError(f"its outputs have shapes {got}, the network expects {expected}")
+        return results
+
+    def keep(self, index: int, layer: Layer, results: list[torch.Tensor]) -> None:
+        """Store the layer's outputs so the next layer is timed on them; drop inputs no later layer reads."""
         for name, value in zip(layer.outputs, results):
             # Downstream layers are timed on the layout the layout pass planned, whichever tactic ran here,
             # so one tactic's NCHW output cannot make every later NHWC candidate pay a transpose.

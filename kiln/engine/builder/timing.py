@@ -44,6 +44,8 @@ def time_on_gpu(fn: Callable[[], object]) -> float:
     torch.cuda.synchronize()
     try:
         return _time_graph(fn)
+    except torch.cuda.OutOfMemoryError:
+        raise  # out of memory eagerly too: the builder turns it into one clear error
     except RuntimeError:
         torch.cuda.synchronize()
         return _time_eager(fn)

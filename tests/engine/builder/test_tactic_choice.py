@@ -2,23 +2,31 @@
 
 from types import SimpleNamespace
 
+import pytest
+
 from kiln.engine.builder.build import choose_tactic
-from kiln.engine.ir.network import SymbolRange
+from kiln.engine.ir.network import Layer, SymbolRange
 from kiln.engine.ir.symbol_values import tuning_points
 
 
 class FakeTuner:
-    """Stands in for a LayerTuner at one shape: fixed timings, remembers what it was asked to run."""
+    """Stands in for a LayerTuner at one shape: fixed timings, remembers what it kept; `broken` tactics raise when run."""
 
-    def __init__(self, timings: dict[str, float]):
+    def __init__(self, timings: dict[str, float], broken: tuple[str, ...] = ()):
         self.timings = timings
+        self.broken = broken
         self.advanced = []
 
     def time_all(self, layer, candidates):
         return {t.name: self.timings[t.name] for t in candidates if t.name in self.timings}
 
-    def advance(self, index, layer, chosen):
-        self.advanced.append(chosen.name)
+    def run(self, layer, tactic):
+        if tactic.name in self.broken:
+            raise RuntimeError(f"{tactic.name} cannot run here")
+        return [tactic.name]
+
+    def keep(self, index, layer, values):
+        self.advanced.extend(values)
 
 
 def tactics(*names):
@@ -46,6 +54,26 @@ def test_a_tactic_that_fails_at_one_shape_is_not_chosen():
     large = FakeTuner({"reference": 4.0})  # "fast" cannot take the max shape
     chosen, _ = choose_tactic([opt, large], 0, None, tactics("reference", "fast"))
     assert chosen.name == "reference"
+
+
+LAYER = Layer("linear", "fc1", ["x", "w", "b"], ["y"])
+
+
+def test_a_chosen_tactic_that_raises_when_run_gives_way_to_the_next_best():
+    opt = FakeTuner({"reference": 1.0, "fast": 0.5, "faster": 0.3})
+    large = FakeTuner({"reference": 4.0, "fast": 2.0, "faster": 1.2}, broken=("faster",))
+    with pytest.warns(UserWarning, match=r"layer fc1 \(linear\): tactic 'faster' failed when run.*faster cannot run here"):
+        chosen, timings = choose_tactic([opt, large], 2, LAYER, tactics("reference", "fast", "faster"))
+    assert chosen.name == "fast" and timings == opt.timings
+    # Nothing of the failed tactic was kept at the point where it did run.
+    assert opt.advanced == large.advanced == ["fast"]
+
+
+def test_the_reference_is_the_last_resort():
+    tuner = FakeTuner({"reference": 1.0, "fast": 0.5}, broken=("fast",))
+    with pytest.warns(UserWarning, match="'fast' failed"):
+        chosen, _ = choose_tactic([tuner], 0, LAYER, tactics("reference", "fast"))
+    assert chosen.name == "reference" and tuner.advanced == ["reference"]
 
 
 def test_single_candidate_is_not_timed():

@@ -1,0 +1,115 @@
+"""A tactic that fails to prepare, to compile or to run is skipped with a warning; the build still gives right answers.
+
+The timing path runs on the CPU here with a stand-in timer: the tactics are real functions on real
+tensors, only the clock is fake. Each failing tactic is registered for the test alone.
+"""
+
+import itertools
+
+import pytest
+import torch
+
+from kiln.engine.builder import build_plan
+from kiln.engine.ir.network import Network
+from kiln.engine.kernels import registry
+from kiln.engine.kernels.registry import REFERENCE, Tactic
+from kiln.engine.runtime import PlanExecutor
+from kiln.errors import KilnWarning
+from kiln.settings import CompileSettings
+
+
+def newest_is_fastest():
+    """A timer that runs the tactic once and rates each later timed tactic faster: the injected one, timed last, wins."""
+    calls = itertools.count(1)
+
+    def timer(fn):
+        fn()
+        return 1.0 / next(calls)
+
+    return timer
+
+
+def mlp() -> tuple[Network, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    net = Network()
+    x = net.add_input("x", [4, 8], torch.float32)
+    w = net.add_constant("w", torch.randn(16, 8))
+    b = net.add_constant("b", torch.randn(16))
+    (h,) = net.add_layer("linear", [x, w, b], [([4, 16], torch.float32)])
+    (y,) = net.add_layer("unary", [h], [([4, 16], torch.float32)], {"op": "relu"})
+    net.outputs.append(y.name)
+    return net, [net.constants[w.name], net.constants[b.name]]
+
+
+def eager(x, weights):
+    return torch.relu(torch.nn.functional.linear(x, *weights))
+
+
+def inject(monkeypatch, fn, prepare=None, name="injected"):
+    """Register `fn` as a linear tactic that applies everywhere, for this test only."""
+    monkeypatch.setitem(registry._TACTICS["linear"], name, Tactic("linear", name, fn, lambda layer, target: True, prepare))
+
+
+def build_and_check(net, weights) -> list[str]:
+    plan = build_plan(net, CompileSettings(), timer=newest_is_fastest())
+    x = torch.randn(4, 8)
+    (out,) = PlanExecutor(plan).run([x])
+    torch.testing.assert_close(out, eager(x, weights))
+    return [s.tactic for s in plan.steps]
+
+
+def test_a_tactic_that_fails_to_compile_is_skipped_with_a_warning(monkeypatch):
+    def fails_to_compile(layer, inputs, run):
+        raise RuntimeError("triton.compiler.errors.CompilationError: at 12:4: unsupported tile\n  long traceback ...")
+
+    inject(monkeypatch, fails_to_compile)
+    net, weights = mlp()
+    with pytest.warns(KilnWarning, match=r"layer linear \(linear\): tactic 'injected' failed .* while being timed.*CompilationError"):
+        tactics = build_and_check(net, weights)
+    assert tactics == [REFERENCE, REFERENCE]
+
+
+def test_a_tactic_whose_prepare_raises_is_skipped(monkeypatch):
+    def prepare(layer, weights):
+        raise ValueError("cannot lay out this weight")
+
+    inject(monkeypatch, lambda layer, inputs, run: torch.nn.functional.linear(*inputs), prepare=prepare)
+    net, weights = mlp()
+    with pytest.warns(KilnWarning, match="tactic 'injected' failed to prepare.*cannot lay out this weight"):
+        assert build_and_check(net, weights) == [REFERENCE, REFERENCE]
+
+
+def test_the_fastest_tactic_raising_when_run_for_real_falls_back(monkeypatch):
+    calls = itertools.count()
+
+    def works_once(layer, inputs, run):
+        if next(calls) > 0:  # timed fine, then fails at the real run (a cuDNN "no engine" on another stream, say)
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. no engine")
+        return torch.nn.functional.linear(*inputs)
+
+    inject(monkeypatch, works_once)
+    net, weights = mlp()
+    with pytest.warns(KilnWarning, match="tactic 'injected' failed when run for real.*no engine"):
+        assert build_and_check(net, weights) == [REFERENCE, REFERENCE]
+
+
+def test_a_tactic_giving_the_wrong_shape_is_not_kept(monkeypatch):
+    inject(monkeypatch, lambda layer, inputs, run: torch.nn.functional.linear(*inputs)[:, :8])
+    net, weights = mlp()
+    with pytest.warns(KilnWarning, match=r"shapes \[\[4, 8\]\], the network expects \[\[4, 16\]\]"):
+        assert build_and_check(net, weights) == [REFERENCE, REFERENCE]
+
+
+def test_a_working_fast_tactic_is_chosen_and_its_prepared_weight_used(monkeypatch):
+    def prepare(layer, weights):
+        name = layer.inputs[1]
+        return {name: weights[name].t().contiguous().t()}  # same values, column-major: a layout-only prepare
+
+    inject(monkeypatch, lambda layer, inputs, run: torch.nn.functional.linear(*inputs), prepare=prepare)
+    net, weights = mlp()
+    plan = build_plan(net, CompileSettings(), timer=newest_is_fastest())
+    assert plan.steps[0].tactic == "injected" and "w__injected" in plan.weights
+    # The original weight is no longer stored, but its desc stays so a loaded plan can undo the preparation.
+    assert "w" not in plan.weights and plan.tensors["w"].shape == [16, 8]
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(PlanExecutor(plan).run([x])[0], eager(x, weights))
