@@ -20,9 +20,12 @@ orders them anyway; calls on different streams run on different contexts and ove
 `max_contexts` streams, past which streams share contexts and wait for each other: always
 correct, never deadlocked (one lock held at a time, events never wait on the host).
 
-Recording (a warm-up run and a capture) holds a process-wide lock and captures in
-"thread_local" mode, so other threads keep replaying, copying and allocating meanwhile; only
-one capture is in flight in the process at a time.
+Recording (a warm-up run and a capture) is exclusive: while one thread records, no other
+thread enqueues work through a Kiln runtime (replays hold the shared side of one process-wide
+reader-writer lock, recording its exclusive side). Replays running beside a capture made it
+fail on the H100 ("capturing stream has unjoined work": the caching allocator's cross-stream
+bookkeeping touched the capture), and a first call per shape and context is rare enough
+that pausing the others for its few milliseconds costs nothing that matters.
 
 Graph cache. Per context, keyed by the tuple of input shapes (symbol values follow from them
 through RunContext, so a dynamic-shape plan gets one graph per distinct shape). Bounded by
@@ -58,6 +61,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -70,9 +74,49 @@ from kiln.engine.runtime.executor import PlanExecutor
 
 Shapes = tuple[tuple[int, ...], ...]
 
-# One capture at a time in the process: the warm-up flips cudnn.benchmark, a global flag, and
-# torch.cuda.graph synchronises the device and empties the allocator's cache on entry.
-_RECORDING = threading.Lock()
+
+
+class SharedExclusiveLock:
+    """Many holders of the shared side, or one of the exclusive side; a waiting exclusive holder goes first."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting_exclusive = 0
+
+    @contextmanager
+    def shared(self):
+        with self._cond:
+            while self._exclusive or self._waiting_exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._waiting_exclusive += 1
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._waiting_exclusive -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+# Replays enqueue under the shared side, recording under the exclusive side (see the docstring).
+# One recording at a time also keeps cudnn.benchmark, a global flag the warm-up sets, to itself.
+_GPU_WORK = SharedExclusiveLock()
 
 # Streams that may run one engine at the same time before they start sharing buffers: each
 # context costs an arena and a graph pool, so this bounds memory at (contexts x one engine).
@@ -133,21 +177,24 @@ class CudaGraphRunner:
         stream = torch.cuda.current_stream(device)
         ctx = self._acquire(stream)
         try:
-            if ctx.done is not None:
-                stream.wait_event(ctx.done)
             key = tuple(tuple(x.shape) for x in inputs)
-            entry = ctx.graphs.get(key)
-            if entry is None:
-                entry = self._record(ctx, inputs, key, device)
-            else:
+            if key not in ctx.graphs:
+                with _GPU_WORK.exclusive():
+                    if ctx.done is not None:
+                        stream.wait_event(ctx.done)
+                    self._record(ctx, inputs, key, device)
+            with _GPU_WORK.shared():
+                if ctx.done is not None:
+                    stream.wait_event(ctx.done)
+                entry = ctx.graphs[key]
                 ctx.graphs.move_to_end(key)
-            for static, x in zip(entry.static_inputs, inputs):
-                static.copy_(x)
-            entry.graph.replay()
-            outputs = [out.clone() for out in entry.static_outputs]
-            if ctx.done is None:
-                ctx.done = torch.cuda.Event()
-            ctx.done.record(stream)
+                for static, x in zip(entry.static_inputs, inputs):
+                    static.copy_(x)
+                entry.graph.replay()
+                outputs = [out.clone() for out in entry.static_outputs]
+                if ctx.done is None:
+                    ctx.done = torch.cuda.Event()
+                ctx.done.record(stream)
             return outputs
         finally:
             ctx.lock.release()
@@ -175,9 +222,9 @@ class CudaGraphRunner:
         self.contexts.remove(ctx)
         self.contexts.append(ctx)
 
-    def _record(self, ctx: ExecutionContext, inputs: list[torch.Tensor], key: Shapes, device: torch.device) -> RecordedGraph:
+    def _record(self, ctx: ExecutionContext, inputs: list[torch.Tensor], key: Shapes, device: torch.device) -> None:
         plan = self.executor.plan
-        with _RECORDING, torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
             if ctx.pool is None:
                 ctx.pool = torch.cuda.graph_pool_handle()
             if ctx.arena is None and plan.arena is not None and plan.arena.size:
@@ -196,15 +243,13 @@ class CudaGraphRunner:
                     self.executor.run(static, ctx.arena)
                 caller.wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
-                # thread_local: other threads' replays and allocations go on while this thread captures.
-                with torch.cuda.graph(graph, pool=ctx.pool, capture_error_mode="thread_local"):
+                # thread_local: threads that do not go through Kiln may keep working while this one captures.
+                with torch.cuda.graph(graph, pool=ctx.pool, stream=side, capture_error_mode="thread_local"):
                     outputs = self.executor.run(static, ctx.arena)
-            entry = RecordedGraph(graph, static, outputs)
-            ctx.graphs[key] = entry
+            ctx.graphs[key] = RecordedGraph(graph, static, outputs)
             self._records += 1
             while len(ctx.graphs) > self.max_graphs:
                 ctx.graphs.popitem(last=False)
-        return entry
 
 
 def _static_like(x: torch.Tensor, layout: str) -> torch.Tensor:
