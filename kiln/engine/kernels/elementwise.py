@@ -35,6 +35,31 @@ BINARY_OPS = {
 ALPHA_OPS = {"add": torch.add, "sub": torch.sub}
 
 
+# The same ops as Triton expressions for generated kernels (kernels/codegen): fn(a, b) -> text,
+# with float operands held in FP32 and comparisons giving booleans. A scalar second operand
+# arrives as a literal in b. Ops missing here run as their own layers.
+BINARY_TRITON = {
+    "add": lambda a, b: f"{a} + {b}",
+    "sub": lambda a, b: f"{a} - {b}",
+    "mul": lambda a, b: f"{a} * {b}",
+    "div": lambda a, b: f"{a} / {b}",
+    "div_floor": lambda a, b: f"libdevice.floor({a} / {b})",
+    "div_trunc": lambda a, b: f"libdevice.trunc({a} / {b})",
+    "fmod": lambda a, b: f"libdevice.fmod({a}, {b})",
+    "pow": lambda a, b: f"libdevice.pow({a}, {b})",
+    "maximum": lambda a, b: f"tl.maximum({a}, {b})",
+    "minimum": lambda a, b: f"tl.minimum({a}, {b})",
+    "eq": lambda a, b: f"{a} == {b}",
+    "ne": lambda a, b: f"{a} != {b}",
+    "lt": lambda a, b: f"{a} < {b}",
+    "le": lambda a, b: f"{a} <= {b}",
+    "gt": lambda a, b: f"{a} > {b}",
+    "ge": lambda a, b: f"{a} >= {b}",
+    "logical_and": lambda a, b: f"({a} != 0) & ({b} != 0)",
+    "logical_or": lambda a, b: f"({a} != 0) | ({b} != 0)",
+}
+
+
 @reference("binary")
 def binary_reference(layer, inputs, run):
     a, b = inputs

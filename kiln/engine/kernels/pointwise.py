@@ -46,6 +46,56 @@ UNARY_OPS = {
 }
 
 
+# The same ops as Triton expressions over FP32 values, for generated kernels (kernels/codegen):
+# fn(x, attrs) -> expression text, x being the name of the operand. An op missing here is
+# simply not fused into generated kernels (it runs as its own layer). `libdevice` is
+# triton.language.extra.libdevice, imported by every generated module.
+UNARY_TRITON = {
+    "relu": lambda x, a: f"tl.maximum({x}, 0.0)",
+    "relu6": lambda x, a: f"tl.minimum(tl.maximum({x}, 0.0), 6.0)",
+    "sigmoid": lambda x, a: f"tl.sigmoid({x})",
+    "tanh": lambda x, a: f"libdevice.tanh({x})",
+    "silu": lambda x, a: f"{x} * tl.sigmoid({x})",
+    "hardswish": lambda x, a: f"{x} * (tl.minimum(tl.maximum({x} + 3.0, 0.0), 6.0) / 6.0)",
+    "hardsigmoid": lambda x, a: f"tl.minimum(tl.maximum({x} + 3.0, 0.0), 6.0) / 6.0",
+    "gelu": lambda x, a: f"0.5 * {x} * (1.0 + libdevice.erf({x} * 0.7071067811865476))",
+    "gelu_tanh": lambda x, a: f"0.5 * {x} * (1.0 + libdevice.tanh(0.7978845608028654 * ({x} + 0.044715 * {x} * {x} * {x})))",
+    "leaky_relu": lambda x, a: f"tl.where({x} > 0.0, {x}, {x} * {float(a['alpha'])!r})",
+    "elu": lambda x, a: (
+        f"{float(a['scale'])!r} * tl.where({x} > 0.0, {x}, {float(a['alpha'])!r} * (libdevice.expm1({x} * {float(a['input_scale'])!r})))"
+    ),
+    "softplus": lambda x, a: (
+        f"tl.where({x} * {float(a['beta'])!r} > {float(a['threshold'])!r}, {x}, "
+        f"libdevice.log1p(tl.exp({x} * {float(a['beta'])!r})) / {float(a['beta'])!r})"
+    ),
+    "clamp": lambda x, a: _clamp_text(x, a.get("min"), a.get("max")),
+    "sqrt": lambda x, a: f"tl.sqrt_rn({x})",
+    "rsqrt": lambda x, a: f"libdevice.rsqrt({x})",
+    "exp": lambda x, a: f"tl.exp({x})",
+    "log": lambda x, a: f"tl.log({x})",
+    "neg": lambda x, a: f"-{x}",
+    "abs": lambda x, a: f"tl.abs({x})",
+    "reciprocal": lambda x, a: f"1.0 / {x}",
+    "erf": lambda x, a: f"libdevice.erf({x})",
+    "sin": lambda x, a: f"tl.sin({x})",
+    "cos": lambda x, a: f"tl.cos({x})",
+    "floor": lambda x, a: f"libdevice.floor({x})",
+    "ceil": lambda x, a: f"libdevice.ceil({x})",
+    "round": lambda x, a: f"libdevice.rint({x})",
+    "trunc": lambda x, a: f"libdevice.trunc({x})",
+    "log1p": lambda x, a: f"libdevice.log1p({x})",
+    "log2": lambda x, a: f"tl.log2({x})",
+    "expm1": lambda x, a: f"libdevice.expm1({x})",
+    "tan": lambda x, a: f"libdevice.tan({x})",
+    "atan": lambda x, a: f"libdevice.atan({x})",
+}
+
+
+def _clamp_text(x: str, lo, hi) -> str:
+    text = x if lo is None else f"tl.maximum({x}, {float(lo)!r})"
+    return text if hi is None else f"tl.minimum({text}, {float(hi)!r})"
+
+
 @reference("unary")
 def unary_reference(layer, inputs, run):
     return UNARY_OPS[layer.attrs["op"]](inputs[0], layer.attrs)
