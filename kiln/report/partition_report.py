@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from kiln.partition.blocks import NodeRow
+from kiln.report.sparsity import sparsity_table
 from kiln.report.table import format_table
 
 
@@ -16,6 +17,10 @@ class PartitionReport:
     # engine block name -> [(layer name, kind, tactic, source, ms)] once built
     layers: dict[str, list[tuple]] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
+    # sparse_weights=True: engine block name -> rows of kiln.report.sparsity.sparsity_rows
+    sparsity: dict[str, list[tuple]] = field(default_factory=dict)
+    # Things the user should know that are not errors (e.g. sparse_weights=True found no 2:4 layer).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def engine_ops(self) -> int:
@@ -54,6 +59,9 @@ class PartitionReport:
         for block, layers in self.layers.items():
             parts.append(f"{block}: layers and tactics")
             parts.append(format_table(["layer", "kind", "tactic", "from", "ms"], [list(row) for row in layers]))
+        if self.sparsity:
+            parts.append(sparsity_table(self.sparsity))
+        parts += [f"warning: {w}" for w in self.warnings]
         return "\n".join(parts)
 
     def __str__(self) -> str:
@@ -65,10 +73,15 @@ class PartitionReport:
             "blocks": self.blocks,
             "layers": {k: [list(x) for x in v] for k, v in self.layers.items()},
             "inputs": self.inputs,
+            "sparsity": {k: [list(x) for x in v] for k, v in self.sparsity.items()},
+            "warnings": self.warnings,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> PartitionReport:
         rows = [NodeRow(node=r[0], op=r[1], where=r[2], reason=r[3], block=r[4]) for r in data["rows"]]
         layers = {k: [tuple(x) for x in v] for k, v in data.get("layers", {}).items()}
-        return cls(rows, dict(data.get("blocks", {})), layers, list(data.get("inputs", [])))
+        report = cls(rows, dict(data.get("blocks", {})), layers, list(data.get("inputs", [])))
+        report.sparsity = {k: [tuple(x) for x in v] for k, v in data.get("sparsity", {}).items()}
+        report.warnings = [str(w) for w in data.get("warnings", [])]
+        return report

@@ -44,3 +44,5 @@ from kiln.engine.optimize import fuse_conv  # noqa: E402, F401, I001
 from kiln.engine.optimize import precision  # noqa: E402, F401, I001
 from kiln.engine.optimize import layout  # noqa: E402, F401, I001
 from kiln.engine.optimize import views  # noqa: E402, F401, I001
+# Last: it reads the fused layers and their weights in the final dtype (sparse_weights=True only).
+from kiln.engine.optimize import sparse_weights  # noqa: E402, F401, I001

@@ -1,0 +1,166 @@
+"""2:4 sparse GEMMs on sparse tensor cores through cuSPARSELt, for linear, matmul and 1x1 conv layers.
+
+Offered only for layers optimize/sparse_weights.py marked (sparse_weights=True and a 2:4
+constant weight of kernel-compatible shape), beside the dense tactics; the builder times them
+all and keeps the fastest, so dense stays where sparse loses (small M, measured in issue 14).
+
+The weight is prepared once into kiln.sparsity.packed's byte tensor: cuSPARSELt's compressed
+matrix plus a portable copy of the kept values and their positions. The GEMM is
+`torch._cslt_sparse_mm(W_c, x^T, bias, transpose_result=True, alg_id)`: W [out, in] is the
+structured operand, x's rows the dense one, and the result comes out as [rows, out] with the
+bias fused. `alg_id` is what `torch._cslt_sparse_mm_search` picks at the first (build-time)
+call; it is stored in the layer's attrs, so a saved plan keeps it. A residual and the
+activation of a fused conv epilogue are applied in place right after. Eagerly each call costs
+~1 ms of host time (cuSPARSELt plan set-up, issue 14); the runtime replays CUDA graphs, where
+only the GPU time remains, and the builder times tactics inside graphs too.
+
+Where cuSPARSELt cannot run (a GPU below compute capability 8.0, a torch without cuSPARSELt,
+the CPU), the tactic rebuilds the dense pruned weight from the portable copy and computes
+the same product densely, with a warning: never an error, never another answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from kiln.engine.ir.dtypes import dtype_from_name
+from kiln.engine.kernels.aten_conv import _IN_PLACE
+from kiln.engine.kernels.pointwise import UNARY_OPS
+from kiln.engine.kernels.registry import tactic
+from kiln.engine.optimize.sparse_weights import AS_MATRIX, SPARSE_ATTR
+from kiln.sparsity.packed import compressed_segment, pack_2to4, unpack_dense
+
+NAME = "cusparselt_2to4"
+# cuSPARSELt's dense operand: rows padded to a multiple of this (torch's own wrapper does the same for 16-bit types).
+ROW_MULTIPLE = 8
+
+
+@functools.cache
+def sparse_cores(device: torch.device) -> bool:
+    """cuSPARSELt runs here: a CUDA device of compute capability >= 8.0 and a torch built with cuSPARSELt."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    available = getattr(torch.backends, "cusparselt", None)
+    return torch.cuda.get_device_capability(index) >= (8, 0) and available is not None and available.is_available()
+
+
+def _info(layer) -> dict | None:
+    return layer.attrs.get(SPARSE_ATTR)
+
+
+def _offered(layer, target) -> bool:
+    info = _info(layer)
+    if info is None or info.get("reason") is not None:
+        return False
+    # A CPU build never times it (the reference is chosen), and a plan built with it must load
+    # anywhere: off the sparse GPUs it computes densely.
+    return not target.is_cuda or sparse_cores(target.device) or "alg_id" in info
+
+
+def _prepare(layer, weights: dict) -> dict:
+    name = layer.inputs[1]
+    matrix = AS_MATRIX[layer.kind](weights[name]).contiguous()
+    compressed = torch._cslt_compress(matrix) if sparse_cores(matrix.device) else None
+    return {name: pack_2to4(matrix, compressed)}
+
+
+_warned: set[str] = set()
+_search_lock = threading.Lock()
+
+
+def _dense_fallback(layer, rows: torch.Tensor, packed: torch.Tensor, bias, why: str) -> torch.Tensor:
+    if layer.name not in _warned:
+        _warned.add(layer.name)
+        warnings.warn(
+            f"kiln: layer {layer.name} was built with the 2:4 sparse tactic, but {why}: computing it densely with "
+            "the same pruned weights (same result, no sparse speed-up). Compile again on this machine for its best tactics.",
+            stacklevel=2,
+        )
+    info = _info(layer)
+    weight = unpack_dense(packed, info["rows"], info["cols"], dtype_from_name(info["dtype"]))
+    return F.linear(rows, weight.to(rows.dtype), bias)
+
+
+def _alg_id(info: dict, compressed: torch.Tensor, rows_t: torch.Tensor, bias) -> int:
+    alg = info.get("alg_id")
+    if alg is None:
+        if torch.cuda.is_current_stream_capturing():
+            return 0  # the search times kernels with host syncs: never inside a capture
+        with _search_lock:
+            if "alg_id" not in info:
+                info["alg_id"] = int(torch._cslt_sparse_mm_search(compressed, rows_t, bias, transpose_result=True))
+        alg = info["alg_id"]
+    return alg
+
+
+def sparse_rows_matmul(layer, rows: torch.Tensor, packed: torch.Tensor, bias) -> torch.Tensor:
+    """rows [M, K] @ W^T (+ bias) -> [M, N] for the layer's packed 2:4 weight W [N, K]."""
+    info = _info(layer)
+    if info is None:
+        raise ValueError(f"{NAME} runs only on layers marked by sparse_weights=True")
+    if not sparse_cores(rows.device):
+        return _dense_fallback(layer, rows, packed, bias, f"{rows.device} has no sparse tensor cores usable by cuSPARSELt")
+    compressed = compressed_segment(packed, info["rows"], info["cols"], dtype_from_name(info["dtype"]))
+    if compressed is None:
+        return _dense_fallback(layer, rows, packed, bias, "its weight was packed without cuSPARSELt")
+    m = rows.shape[0]
+    pad = (-m) % ROW_MULTIPLE
+    rows = F.pad(rows, (0, 0, 0, pad)) if pad else rows.contiguous()
+    rows_t = rows.t()
+    bias = bias.contiguous() if bias is not None else None
+    out = torch._cslt_sparse_mm(compressed, rows_t, bias, transpose_result=True, alg_id=_alg_id(info, compressed, rows_t, bias))
+    return out[:m] if pad else out
+
+
+@tactic("linear", NAME, when=_offered, prepare=_prepare)
+def linear_2to4(layer, inputs, run):
+    x, packed, b = inputs
+    rows = x.reshape(-1, x.shape[-1])
+    return sparse_rows_matmul(layer, rows, packed, b).view(*x.shape[:-1], -1)
+
+
+@tactic("matmul", NAME, when=_offered, prepare=_prepare)
+def matmul_2to4(layer, inputs, run):
+    a, packed, bias = inputs
+    alpha, beta = layer.attrs.get("alpha", 1), layer.attrs.get("beta", 1)
+    rows = a.reshape(-1, a.shape[-1])
+    # cuSPARSELt fuses a per-output-column bias; addmm's general bias ([M, N], scaled) is added after.
+    fused = bias is not None and bias.dim() == 1 and alpha == 1 and beta == 1
+    out = sparse_rows_matmul(layer, rows, packed, bias if fused else None)
+    if alpha != 1:
+        out.mul_(alpha)
+    if bias is not None and not fused and beta != 0:
+        out = out + (bias if beta == 1 else beta * bias)
+    return out.view(*a.shape[:-1], -1)
+
+
+def _conv_rows(layer, x: torch.Tensor, packed: torch.Tensor, b) -> torch.Tensor:
+    n, c, h, w = x.shape
+    rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, c)
+    out = sparse_rows_matmul(layer, rows, packed, b)
+    # [N*H*W, Cout] is NHWC memory: hand it on as a channels-last NCHW tensor, as gemm_1x1 does.
+    return out.view(n, h, w, out.shape[1]).permute(0, 3, 1, 2)
+
+
+@tactic("conv", NAME, when=_offered, prepare=_prepare)
+def conv_1x1_2to4(layer, inputs, run):
+    x, packed, b = inputs
+    return _conv_rows(layer, x, packed, b)
+
+
+@tactic("conv_epilogue", NAME, when=_offered, prepare=_prepare)
+def conv_1x1_epilogue_2to4(layer, inputs, run):
+    x, packed, b, residual = inputs
+    y = _conv_rows(layer, x, packed, b)
+    if residual is not None:
+        y += residual
+    # y is this layer's own fresh output, so the activation may overwrite it.
+    activation = layer.attrs.get("activation")
+    in_place = _IN_PLACE.get(activation)
+    return in_place(y) if in_place is not None else UNARY_OPS[activation](y, layer.attrs)

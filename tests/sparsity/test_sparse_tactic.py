@@ -1,0 +1,111 @@
+"""The 2:4 tactic off the sparse GPUs: its packed weight, and its dense fallback against each kind's reference.
+
+On the CPU (and on GPUs without sparse tensor cores) the tactic rebuilds the dense pruned
+weight from the portable part of its packed weight; that must equal the reference tactic with
+the pruned weight, for every layer kind it serves. The cuSPARSELt path is checked in
+tests/gpu/test_sparse.py.
+"""
+
+import pytest
+import torch
+
+import kiln.engine.kernels  # noqa: F401
+from kiln.engine.ir.network import Layer
+from kiln.engine.kernels import sparse_gemm
+from kiln.engine.kernels.registry import REFERENCE, BuildTarget, RunContext, get_tactic, tactics_for
+from kiln.engine.optimize.sparse_weights import AS_MATRIX, SPARSE_ATTR
+from kiln.sparsity import mask_2to4
+from kiln.sparsity.packed import compressed_segment, cslt_numel, pack_2to4, portable_bytes, unpack_dense
+
+CONV = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "transposed": False, "output_padding": [0, 0], "groups": 1}
+
+
+def _pruned(*shape, dtype=torch.float32):
+    w = torch.randn(*shape)
+    return (w * mask_2to4(w)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_packed_weight_round_trips_to_the_dense_pruned_matrix(dtype):
+    torch.manual_seed(0)
+    w = _pruned(48, 64, dtype=dtype)
+    w[0, :4] = 0  # a group with no non-zero
+    w[1, :4] = torch.tensor([0, 0, 0, 3.0], dtype=dtype)  # and one with a single one, at the last position
+    packed = pack_2to4(w)
+    assert packed.dtype == torch.uint8 and packed.numel() == portable_bytes(48, 64, dtype)
+    assert torch.equal(unpack_dense(packed, 48, 64, dtype), w)
+    assert compressed_segment(packed, 48, 64, dtype) is None
+
+
+def test_packed_weight_carries_the_compressed_matrix_as_an_aligned_view():
+    w = _pruned(32, 32, dtype=torch.float16)
+    stand_in = torch.arange(cslt_numel(32, 32), dtype=torch.float16)  # where _cslt_compress's output would go
+    packed = pack_2to4(w, stand_in)
+    segment = compressed_segment(packed, 32, 32, torch.float16)
+    assert torch.equal(segment, stand_in) and segment.data_ptr() % 256 == packed.data_ptr() % 256
+    assert torch.equal(unpack_dense(packed, 32, 32, torch.float16), w)
+
+
+def test_pack_refuses_a_matrix_that_is_not_2to4():
+    with pytest.raises(ValueError, match="not 2:4"):
+        pack_2to4(torch.ones(4, 8))
+
+
+def _mark(layer: Layer, weight: torch.Tensor) -> Layer:
+    rows, cols = AS_MATRIX[layer.kind](weight).shape
+    layer.attrs[SPARSE_ATTR] = {"rows": rows, "cols": cols, "dtype": "float32", "pattern": True, "reason": None}
+    return layer
+
+
+def _cases():
+    torch.manual_seed(0)
+    linear_w = _pruned(32, 64)
+    matmul_b = _pruned(48, 32).t().contiguous()  # [K=32, N=48], 2:4 along K
+    conv_w = _pruned(40, 32).reshape(40, 32, 1, 1)
+    return {
+        "linear": (Layer("linear", "l", ["x", "w", "b"], ["y"]), [torch.randn(2, 5, 64), linear_w, torch.randn(32)]),
+        "linear_no_bias": (Layer("linear", "l", ["x", "w", None], ["y"]), [torch.randn(7, 64), linear_w, None]),
+        "matmul": (Layer("matmul", "m", ["a", "b", None], ["y"]), [torch.randn(3, 6, 32), matmul_b, None]),
+        "addmm_scaled": (
+            Layer("matmul", "m", ["a", "b", "c"], ["y"], {"alpha": 0.5, "beta": 2.0}),
+            [torch.randn(6, 32), matmul_b, torch.randn(6, 48)],
+        ),
+        "addmm_row_bias": (
+            Layer("matmul", "m", ["a", "b", "c"], ["y"], {"alpha": 1, "beta": 1}),
+            [torch.randn(6, 32), matmul_b, torch.randn(48)],
+        ),
+        "conv_1x1": (Layer("conv", "c", ["x", "w", "b"], ["y"], dict(CONV)), [torch.randn(2, 32, 5, 3), conv_w, torch.randn(40)]),
+        "conv_1x1_add_relu": (
+            Layer("conv_epilogue", "c", ["x", "w", "b", "r"], ["y"], {**CONV, "activation": "relu", "residual": True}),
+            [torch.randn(2, 32, 5, 3), conv_w, torch.randn(40), torch.randn(2, 40, 5, 3)],
+        ),
+        "conv_1x1_silu": (
+            Layer("conv_epilogue", "c", ["x", "w", None, None], ["y"], {**CONV, "activation": "silu", "residual": False}),
+            [torch.randn(1, 32, 4, 4), conv_w, None, None],
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_dense_fallback_equals_the_reference_with_the_pruned_weight(case, monkeypatch):
+    layer, inputs = _cases()[case]
+    layer = _mark(layer, inputs[1])
+    sparse = get_tactic(layer.kind, sparse_gemm.NAME)
+    packed = sparse.prepare(layer, {layer.inputs[1]: inputs[1]})[layer.inputs[1]]
+    run = RunContext({})
+    expected = get_tactic(layer.kind, REFERENCE).fn(layer, inputs, run)
+    monkeypatch.setattr(sparse_gemm, "_warned", set())
+    with pytest.warns(UserWarning, match="computing it densely with the same pruned weights"):
+        got = sparse.fn(layer, [inputs[0], packed, *inputs[2:]], run)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_offered_only_for_marked_layers_that_qualify():
+    cpu = BuildTarget(torch.device("cpu"), torch.float16)
+    layer, inputs = _cases()["linear"]
+    assert sparse_gemm.NAME not in [t.name for t in tactics_for(layer, cpu)]
+    _mark(layer, inputs[1])
+    assert sparse_gemm.NAME in [t.name for t in tactics_for(layer, cpu)]
+    layer.attrs[SPARSE_ATTR]["reason"] = "outputs 60 not a multiple of 16"
+    assert sparse_gemm.NAME not in [t.name for t in tactics_for(layer, cpu)]
