@@ -1,0 +1,210 @@
+"""2:4 sparse tactic on the GPU: cuSPARSELt against dense with the same pruned weights, in and out of CUDA graphs;
+a compiled pruned MLP that picks it at a big shape; save/load; many threads and streams."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kiln
+from kiln.engine.builder.build import PreparedWeights
+from kiln.engine.ir.network import Layer
+from kiln.engine.kernels import sparse_gemm
+from kiln.engine.kernels.registry import REFERENCE, RunContext, get_tactic
+from kiln.engine.module import EngineModule
+from kiln.engine.optimize.sparse_weights import AS_MATRIX, SPARSE_ATTR
+from kiln.engine.plan import Step
+from kiln.sparsity import mask_2to4, prune_2to4
+from kiln.sparsity.packed import compressed_segment
+from tests.helpers import relative_error
+
+CUDA = torch.device("cuda")
+# Same FP16/BF16 operands, FP32 accumulation both ways: only summation order and output rounding differ.
+TOL = {torch.float16: 5e-3, torch.bfloat16: 2e-2}
+CONV = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "transposed": False, "output_padding": [0, 0], "groups": 1}
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or not sparse_gemm.sparse_cores(torch.device("cuda")),
+    reason="needs a GPU with sparse tensor cores (compute capability >= 8.0) and cuSPARSELt",
+)
+
+
+def _pruned(*shape, dtype):
+    w = torch.randn(*shape, device=CUDA) * 0.05
+    return (w * mask_2to4(w)).to(dtype)
+
+
+def _mark(layer: Layer, weight: torch.Tensor) -> Layer:
+    rows, cols = AS_MATRIX[layer.kind](weight).shape
+    dtype = str(weight.dtype).removeprefix("torch.")
+    layer.attrs[SPARSE_ATTR] = {"rows": rows, "cols": cols, "dtype": dtype, "pattern": True, "reason": None}
+    return layer
+
+
+def _check_tactic(layer, inputs, dtype):
+    layer = _mark(layer, inputs[1])
+    sparse = get_tactic(layer.kind, sparse_gemm.NAME)
+    packed = sparse.prepare(layer, {layer.inputs[1]: inputs[1]})[layer.inputs[1]]
+    info = layer.attrs[SPARSE_ATTR]
+    assert compressed_segment(packed, info["rows"], info["cols"], dtype) is not None
+    run = RunContext({})
+    ref = get_tactic(layer.kind, REFERENCE).fn(layer, inputs, run).float()
+    args = [inputs[0], packed, *inputs[2:]]
+    out = sparse.fn(layer, args, run)
+    assert "alg_id" in info  # searched at the first (eager) call, kept in the attrs a plan saves
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert relative_error(out.float(), ref) < TOL[dtype]
+    return sparse, layer, args, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sparse_linear_matches_dense_at_a_big_gemm_in_and_out_of_a_cuda_graph(dtype):
+    torch.manual_seed(0)
+    x, b = torch.randn(4096, 1024, device=CUDA, dtype=dtype), torch.randn(4096, device=CUDA, dtype=dtype)
+    inputs = [x, _pruned(4096, 1024, dtype=dtype), b]
+    sparse, layer, args, ref = _check_tactic(Layer("linear", "l", ["x", "w", "b"], ["y"]), inputs, dtype)
+    static_x = args[0].clone()
+    run = RunContext({})
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        sparse.fn(layer, [static_x, *args[1:]], run)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = sparse.fn(layer, [static_x, *args[1:]], run)
+    fresh = torch.randn_like(static_x)
+    static_x.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = F.linear(fresh.float(), inputs[1].float(), inputs[2].float())
+    assert relative_error(static_out.float(), expected) < TOL[dtype]
+
+
+def _h(*shape):
+    return torch.randn(*shape, device=CUDA, dtype=torch.half)
+
+
+def _w(rows, cols, conv=False):
+    w = _pruned(rows, cols, dtype=torch.half)
+    return w[..., None, None] if conv else w
+
+
+CASES = {
+    "linear_3d_ragged_rows": (Layer("linear", "l", ["x", "w", "b"], ["y"]), lambda: [_h(3, 333, 256), _w(512, 256), _h(512)]),
+    "linear_no_bias": (Layer("linear", "l", ["x", "w", None], ["y"]), lambda: [_h(1024, 512), _w(256, 512), None]),
+    "addmm": (
+        Layer("matmul", "m", ["a", "b", "c"], ["y"], {"alpha": 1, "beta": 1}),
+        lambda: [_h(1000, 256), _pruned(512, 256, dtype=torch.half).t().contiguous(), _h(512)],
+    ),
+    "addmm_scaled_full_bias": (
+        Layer("matmul", "m", ["a", "b", "c"], ["y"], {"alpha": 0.5, "beta": 2.0}),
+        lambda: [_h(64, 256), _pruned(128, 256, dtype=torch.half).t().contiguous(), _h(64, 128)],
+    ),
+    "conv_1x1": (Layer("conv", "c", ["x", "w", "b"], ["y"], dict(CONV)), lambda: [_h(8, 256, 14, 14), _w(512, 256, conv=True), _h(512)]),
+    "conv_1x1_add_relu": (
+        Layer("conv_epilogue", "c", ["x", "w", "b", "r"], ["y"], {**CONV, "activation": "relu", "residual": True}),
+        lambda: [_h(8, 256, 14, 14), _w(128, 256, conv=True), _h(128), _h(8, 128, 14, 14)],
+    ),
+    "conv_1x1_silu": (
+        Layer("conv_epilogue", "c", ["x", "w", "b", None], ["y"], {**CONV, "activation": "silu", "residual": False}),
+        lambda: [_h(4, 64, 28, 28).contiguous(memory_format=torch.channels_last), _w(256, 64, conv=True), _h(256), None],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sparse_tactic_matches_reference(case):
+    torch.manual_seed(0)
+    layer, make = CASES[case]
+    _check_tactic(Layer(layer.kind, layer.name, list(layer.inputs), list(layer.outputs), dict(layer.attrs)), make(), torch.half)
+
+
+def test_without_sparse_cores_the_tactic_computes_densely_with_a_warning(monkeypatch):
+    torch.manual_seed(0)
+    w = _pruned(256, 128, dtype=torch.half)
+    layer = _mark(Layer("linear", "fallback", ["x", "w", "b"], ["y"]), w)
+    sparse = get_tactic("linear", sparse_gemm.NAME)
+    packed = sparse.prepare(layer, {"w": w})["w"]
+    x, b = _h(64, 128), _h(256)
+    monkeypatch.setattr(sparse_gemm, "sparse_cores", lambda device: False)
+    monkeypatch.setattr(sparse_gemm, "_warned", set())
+    with pytest.warns(UserWarning, match="no sparse tensor cores"):
+        out = sparse.fn(layer, [x, packed, b], RunContext({}))
+    assert relative_error(out.float(), F.linear(x.float(), w.float(), b.float())) < TOL[torch.half]
+
+
+def _ffn(hidden, ffn):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Linear(ffn, hidden)).to(CUDA).half().eval()
+    prune_2to4(model)
+    return model
+
+
+def _sparse_rows(compiled):
+    return [row for rows in compiled.report.sparsity.values() for row in rows]
+
+
+def test_compiled_pruned_ffn_chooses_sparse_at_a_big_shape_matches_eager_and_survives_save_load(tmp_path):
+    model = _ffn(1024, 4096)
+    x = torch.randn(16, 512, 1024, device=CUDA, dtype=torch.half)
+    compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1, sparse_weights=True)
+    rows = _sparse_rows(compiled)
+    assert [r[3] for r in rows] == ["yes", "yes"], compiled.report.table()
+    assert any(r[4] == "sparse" for r in rows), compiled.report.table()
+    assert all(sparse_gemm.NAME in r[6] and "aten_addmm" in r[6] for r in rows)  # both were timed, per layer
+    with torch.no_grad():
+        ref = model(x).float()
+        out = compiled(x)
+    assert relative_error(out.float(), ref) < 1e-2
+    path = tmp_path / "ffn.kiln"
+    kiln.save(compiled, path)
+    loaded = kiln.load(path)
+    steps = [s for e in loaded.engine_blocks.values() for s in e.plan.steps if s.tactic == sparse_gemm.NAME]
+    assert steps and all("alg_id" in s.layer.attrs[SPARSE_ATTR] for s in steps)
+    with torch.no_grad():
+        assert relative_error(loaded(x).float(), out.float()) < 1e-3
+
+
+def _force_sparse(compiled):
+    """Every qualifying layer on the 2:4 tactic whatever the timing said, so the threads test exercises it."""
+    for name, engine in compiled.engine_blocks.items():
+        plan = engine.plan
+        weights = PreparedWeights(dict(plan.weights), plan.tensors)
+        for i, step in enumerate(plan.steps):
+            info = step.layer.attrs.get(SPARSE_ATTR)
+            if info is not None and info["reason"] is None and step.tactic != sparse_gemm.NAME:
+                tactic = get_tactic(step.layer.kind, sparse_gemm.NAME)
+                plan.steps[i] = Step(weights.apply(step.layer, tactic), tactic.name)
+        used = {n for s in plan.steps for n in s.layer.inputs if n is not None}
+        plan.weights = {n: w for n, w in weights.values.items() if n in used}
+        setattr(compiled.graph_module, name, EngineModule(plan, name))
+    return compiled
+
+
+@pytest.mark.parametrize("own_streams", [False, True], ids=["one-stream", "own-streams"])
+def test_threads_and_streams_each_get_their_own_answer(own_streams):
+    model = _ffn(256, 1024)
+    make = lambda: torch.randn(4, 64, 256, device=CUDA, dtype=torch.half)  # noqa: E731
+    compiled = _force_sparse(kiln.compile(model, [make()], enabled_precisions={torch.half}, min_block_size=1, sparse_weights=True))
+    assert sum(s.tactic == sparse_gemm.NAME for e in compiled.engine_blocks.values() for s in e.plan.steps) == 2
+    threads, calls = 6, 10
+    inputs = [[make() for _ in range(calls)] for _ in range(threads)]
+    with torch.no_grad():
+        refs = [[model(x).float() for x in per_thread] for per_thread in inputs]
+    torch.cuda.synchronize()
+
+    def worker(i):
+        stream = torch.cuda.Stream() if own_streams else torch.cuda.current_stream()
+        with torch.cuda.stream(stream), torch.no_grad():
+            outs = [compiled(x) for x in inputs[i]]
+        stream.synchronize()
+        return outs
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(worker, range(threads)))
+    torch.cuda.synchronize()
+    worst = max(relative_error(o.float(), r) for outs, rs in zip(results, refs) for o, r in zip(outs, rs))
+    assert worst < 1e-2
