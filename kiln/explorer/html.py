@@ -36,8 +36,9 @@ def _asset(name: str) -> str:
 
 def to_html(compiled, title: str = "") -> str:
     data = json.dumps(_finite(explorer_data(compiled, title)), allow_nan=False, default=str)
-    # Inside <script>, "</" could end the element early; JSON allows the escaped form "<\\/".
-    data = data.replace("</", "<\\/")
+    # Inside <script>, "</script" would end the element early and "<!--" changes how it is parsed;
+    # written as a JSON escape (backslash-u003c) it is "<" to JSON.parse and plain text to the HTML parser.
+    data = data.replace("<", "\\u003c")
     return _PAGE.format(
         title=html.escape(f"Kiln engine explorer {title}".strip()), css=_asset("explorer.css"), js=_asset("explorer.js"), data=data
     )
