@@ -4,7 +4,16 @@ from kiln.api import compile
 from kiln.capture.input_spec import Input
 from kiln.dynamo import explain  # importing kiln.dynamo registers torch.compile(backend="kiln")
 from kiln.engine.runtime.profiler import profile
-from kiln.errors import CaptureError, CorruptFileError, InputMismatchError, KilnError, KilnWarning, OutOfMemoryError, UnsupportedOpError
+from kiln.errors import (
+    CaptureError,
+    CorruptFileError,
+    IncompatibleFileError,
+    InputMismatchError,
+    KilnError,
+    KilnWarning,
+    OutOfMemoryError,
+    UnsupportedOpError,
+)
 from kiln.module import CompiledModule
 from kiln.serialize import load, save
 
@@ -25,4 +34,5 @@ __all__ = [
     "UnsupportedOpError",
     "OutOfMemoryError",
     "KilnWarning",
+    "IncompatibleFileError",
 ]

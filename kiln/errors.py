@@ -31,3 +31,7 @@ class OutOfMemoryError(KilnError):
 
 class KilnWarning(UserWarning):
     """Kiln went on with a fallback (a tactic skipped, a loaded plan re-targeted) that may cost speed, not correctness."""
+
+
+class IncompatibleFileError(CorruptFileError):
+    """A well-formed .kiln file written by a Kiln or PyTorch whose format this one cannot read."""

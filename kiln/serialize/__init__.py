@@ -1,8 +1,9 @@
 """kiln.save / kiln.load: one .kiln file holds a whole CompiledModule as data.
 
 The manifest (JSON) holds the top-level FX graph, the engine plans, the input specs,
-the pytree in/out specs and the partition report; the weights of every plan and every
-fallback constant go in one safetensors blob. container.py frames and checksums them.
+the pytree in/out specs, the partition report and what the file was built with (device,
+GPU, versions: compat.py); the weights of every plan and every fallback constant go in one
+safetensors blob. container.py frames and checksums them.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import torch.utils._pytree as pytree
 
 import kiln.engine.kernels  # noqa: F401  (registers every tactic, so plans can name them)
 from kiln.capture.input_spec import Input
-from kiln.engine.kernels.registry import BuildTarget, get_tactic
 from kiln.engine.module import EngineModule
 from kiln.engine.plan import Plan
-from kiln.errors import CorruptFileError, KilnError
+from kiln.errors import CorruptFileError, IncompatibleFileError, KilnError
 from kiln.module import CompiledModule
 from kiln.report.partition_report import PartitionReport
-from kiln.serialize import container
+from kiln.serialize import compat, container
 from kiln.serialize.graph_json import graph_from_json, graph_to_json
 from kiln.serialize.weights import pack_weights, unpack_weights
 
@@ -48,12 +48,16 @@ def save(compiled: CompiledModule, path: str | os.PathLike) -> None:
         raise
 
 
-def load(path: str | os.PathLike, device: torch.device | str | None = None) -> CompiledModule:
-    """Read a .kiln file. `device` moves every weight there (default: the device it was compiled for)."""
+def load(path: str | os.PathLike, device: torch.device | str | None = None, retime: bool = False) -> CompiledModule:
+    """Read a .kiln file onto `device` (default: the device it was compiled for).
+
+    On another device type or GPU model than the build's, tactics that cannot run there are
+    re-chosen (the reference where nothing faster is known) with a KilnWarning; `retime=True`
+    times every layer's tactics on this device instead, as a fresh compile would."""
     path = os.fspath(path)
     with open(path, "rb") as f:
         data = f.read()
-    return from_bytes(data, source=path, device=device)
+    return from_bytes(data, source=path, device=device, retime=retime)
 
 
 def to_bytes(compiled: CompiledModule) -> bytes:
@@ -69,8 +73,9 @@ def to_bytes(compiled: CompiledModule) -> bytes:
     for name in constants:
         tensors[_CONST_KEY.format(name=name)] = _attr(gm, name)
     manifest = {
-        "kiln_version": _kiln_version(),
+        "kiln_version": compat.kiln_version(),
         "torch_version": torch.__version__,
+        "built_on": compat.environment(compiled.device),
         "device": str(compiled.device),
         "graph": graph_to_json(gm, set(engines)),
         "engines": plans,
@@ -84,28 +89,36 @@ def to_bytes(compiled: CompiledModule) -> bytes:
     return container.pack(manifest, weights)
 
 
-def from_bytes(data: bytes, source: str = "<bytes>", device: torch.device | str | None = None) -> CompiledModule:
+def from_bytes(
+    data: bytes, source: str = "<bytes>", device: torch.device | str | None = None, retime: bool = False
+) -> CompiledModule:
     contents = container.unpack(data, source)
     try:
-        return _rebuild(contents.manifest, contents.weights, device)
+        return _rebuild(contents.manifest, contents.weights, device, retime, source)
+    except IncompatibleFileError as exc:
+        raise IncompatibleFileError(f"{source} cannot be loaded: {exc}") from None
     except CorruptFileError as exc:
-        raise CorruptFileError(f"{source} cannot be loaded: {exc}") from None
+        raise CorruptFileError(f"{source} cannot be loaded: {exc}{compat.versions_note(contents.manifest)}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         # The checksum matched, so the file is as written: it was made by a different Kiln or by hand.
-        raise CorruptFileError(f"{source} cannot be loaded: its manifest is malformed ({type(exc).__name__}: {exc})") from None
+        raise CorruptFileError(
+            f"{source} cannot be loaded: its manifest is malformed ({type(exc).__name__}: {exc}){compat.versions_note(contents.manifest)}"
+        ) from None
 
 
-def _rebuild(manifest: dict, blob: bytes, device) -> CompiledModule:
+def _rebuild(manifest: dict, blob: bytes, device, retime: bool, source: str) -> CompiledModule:
+    compat.check_versions(manifest)
     target = _target_device(manifest["device"], device)
     weights = unpack_weights(blob, manifest["weight_orders"], target)
+    fitter = compat.Fitter(manifest, target, retime, source)
     root = torch.nn.Module()
     for block, plan_json in manifest["engines"].items():
+        compat.check_plan_format(plan_json, block, manifest)
         prefix = _ENGINE_KEY.format(block=block, name="")
         plan_weights = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-        plan = Plan.from_json(plan_json, plan_weights)
-        _check_tactics(plan, block, target)
-        plan.device = str(target)
+        plan = fitter.fit(Plan.from_json(plan_json, plan_weights), block)
         root.add_module(block, EngineModule(plan, block))
+    fitter.warn()
     constants = set(manifest["constants"])
     for name in constants:
         _set_attr(root, name, weights[_CONST_KEY.format(name=name)])
@@ -120,19 +133,6 @@ def _rebuild(manifest: dict, blob: bytes, device) -> CompiledModule:
         PartitionReport.from_json(manifest["report"]),
         target,
     )
-
-
-def _check_tactics(plan: Plan, block: str, device: torch.device) -> None:
-    """Every tactic must exist here; on another device than the build's, it must also run there."""
-    moved = torch.device(plan.device) != device
-    build_target = BuildTarget(device, plan.compute_dtype)
-    for step in plan.steps:
-        tactic = get_tactic(step.layer.kind, step.tactic)
-        if moved and not tactic.when(step.layer, build_target):
-            raise KilnError(
-                f"{block}: layer {step.layer.name} was built for {plan.device} with tactic {step.tactic!r}, which cannot run "
-                f"on {device}. Load it with device={plan.device!r}, or compile the model again for {device}."
-            )
 
 
 def _target_device(saved: str, requested) -> torch.device:
@@ -185,12 +185,6 @@ def _set_attr(root: torch.nn.Module, dotted: str, value: torch.Tensor) -> None:
             owner.add_module(part, torch.nn.Module())
         owner = getattr(owner, part)
     owner.register_buffer(leaf, value)
-
-
-def _kiln_version() -> str:
-    from kiln import __version__
-
-    return __version__
 
 
 __all__ = ["save", "load", "to_bytes", "from_bytes"]

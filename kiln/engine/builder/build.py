@@ -39,7 +39,7 @@ from kiln.engine.ir.network import Layer, Network
 from kiln.engine.ir.symbol_values import tuning_points
 from kiln.engine.ir.symbolic import evaluate_shape
 from kiln.engine.ir.tensor import Layout, TensorDesc
-from kiln.engine.kernels.registry import REFERENCE, BuildTarget, RunContext, Tactic, tactics_for
+from kiln.engine.kernels.registry import REFERENCE, BuildTarget, RunContext, Tactic, get_tactic, tactics_for
 from kiln.engine.optimize.precision import kept_fp32
 from kiln.engine.plan import Plan, Step
 from kiln.errors import KilnError, KilnWarning, OutOfMemoryError
@@ -48,23 +48,25 @@ from kiln.settings import CompileSettings
 PROGRESS_EVERY = 25
 
 
-# Chooses a layer's tactic without timing: (layer, applicable tactics) -> (tactic, timings for the report).
-Pick = Callable[[Layer, list[Tactic]], tuple[Tactic, dict[str, float]]]
+# Ranks a layer's tactics without timing, best first: (layer, applicable tactics) -> (ranking, timings for the report).
+Rank = Callable[[Layer, list[Tactic]], tuple[list[Tactic], dict[str, float]]]
 # Milliseconds of one call of a function that runs a tactic.
 Timer = Callable[[Callable[[], object]], float]
 
 
-def build_plan(network: Network, settings: CompileSettings, pick: Pick | None = None, timer: Timer | None = None) -> Plan:
+def build_plan(network: Network, settings: CompileSettings, rank: Rank | None = None, timer: Timer | None = None) -> Plan:
     """Choose a tactic per layer and lay out the plan.
 
-    By `pick` if given; else by timing every applicable tactic with `timer` (on CUDA by default,
-    with time_on_gpu); else, with nothing to time on, the reference."""
+    By `rank` if given, else by timing every applicable tactic with `timer` (on CUDA: time_on_gpu).
+    Where layers can run (on CUDA, or with a timer), each is run for real at the tuning shapes
+    and the first tactic in rank that works is kept. On the CPU without a timer the reference is
+    the only trustworthy choice, and nothing runs."""
     target = BuildTarget(settings.device, settings.compute_dtype)
     progress = BuildProgress(f"moving the weights to {settings.device}")
     failure = None
     try:
         with on_device(settings.device):
-            steps, weights = _choose_steps(network, settings, target, pick, timer, progress)
+            steps, weights = _choose_steps(network, settings, target, rank, timer, progress)
     except torch.cuda.OutOfMemoryError as exc:
         # Only text leaves this block: the exception's frames hold every tensor the build made.
         failure = str(exc).split("\n")[0]
@@ -102,11 +104,11 @@ def on_device(device: torch.device):
         yield
 
 
-def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarget, pick, timer, progress: BuildProgress):
+def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarget, rank, timer, progress: BuildProgress):
     weights = PreparedWeights({name: value.to(settings.device) for name, value in network.constants.items()}, dict(network.tensors))
     started = time.perf_counter()
     steps = []
-    if pick is None and (target.is_cuda or timer is not None):
+    if target.is_cuda or timer is not None:
         cache = TimingCache(settings.timing_cache_path)
         tuners = []
         for point in tuning_points(network.symbols):
@@ -114,7 +116,12 @@ def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarg
             tuners.append(LayerTuner(network, weights, settings, point, cache, progress, timer or time_on_gpu))
         with cudnn_autotune(), torch.no_grad():
             for i, layer in enumerate(network.layers):
-                tactic, timings = choose_tactic(tuners, i, layer, tactics_for(layer, target))
+                candidates = tactics_for(layer, target)
+                if rank is None:
+                    tactic, timings = choose_tactic(tuners, i, layer, candidates)
+                else:
+                    ranked, timings = rank(layer, candidates)
+                    tactic = run_first_that_works(tuners, i, layer, ranked)
                 progress.doing = f"preparing the weights of layer {layer.name} ({layer.kind}) for tactic {tactic.name!r}"
                 steps.append(Step(weights.apply(layer, tactic), tactic.name, timings))
                 if settings.debug and (i + 1) % PROGRESS_EVERY == 0:
@@ -128,15 +135,15 @@ def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarg
             )
     else:
         for layer in network.layers:
-            tactic, timings = (pick or pick_reference)(layer, tactics_for(layer, target))
-            progress.doing = f"preparing the weights of layer {layer.name} ({layer.kind}) for tactic {tactic.name!r}"
-            steps.append(Step(weights.apply(layer, tactic), tactic.name, timings))
+            ranked, timings = (rank or rank_reference)(layer, tactics_for(layer, target))
+            progress.doing = f"preparing the weights of layer {layer.name} ({layer.kind}) for tactic {ranked[0].name!r}"
+            steps.append(Step(weights.apply(layer, ranked[0]), ranked[0].name, timings))
     return steps, weights
 
 
-def pick_reference(layer: Layer, candidates: list[Tactic]) -> tuple[Tactic, dict[str, float]]:
+def rank_reference(layer: Layer, candidates: list[Tactic]) -> tuple[list[Tactic], dict[str, float]]:
     """Without a GPU to time on, the reference is the only trustworthy choice."""
-    return next((t for t in candidates if t.name == REFERENCE), candidates[0]), {}
+    return [next((t for t in candidates if t.name == REFERENCE), candidates[0])], {}
 
 
 def assemble_plan(network: Network, settings: CompileSettings, steps: list[Step], weights: PreparedWeights) -> Plan:
@@ -157,6 +164,7 @@ def assemble_plan(network: Network, settings: CompileSettings, steps: list[Step]
         cuda_graphs=settings.cuda_graphs,
         max_cuda_graphs=settings.max_cuda_graphs,
         tune_new_shapes=settings.tune_new_shapes,
+        max_execution_contexts=settings.max_execution_contexts,
     )
 
 
@@ -236,7 +244,14 @@ def choose_tactic(tuners: list[LayerTuner], index: int, layer: Layer, candidates
             return round(ratio, 3), timings[tactic.name]
 
         ranked = sorted(usable, key=worst_slowdown)
-        ranked += [t for t in candidates if t.name == REFERENCE and t not in ranked]
+    return run_first_that_works(tuners, index, layer, ranked), timings
+
+
+def run_first_that_works(tuners: list[LayerTuner], index: int, layer: Layer, ranked: list[Tactic]) -> Tactic:
+    """Run the tactics in rank at every point until one works, and keep its outputs; the reference comes last."""
+    ranked = list(ranked)
+    if not any(t.name == REFERENCE for t in ranked):
+        ranked.append(get_tactic(layer.kind, REFERENCE))
     for tactic in ranked:
         try:
             # Every point first, and only then keep the outputs: a tactic failing at the max shape
@@ -252,8 +267,8 @@ def choose_tactic(tuners: list[LayerTuner], index: int, layer: Layer, candidates
             continue
         for tuner, values in zip(tuners, outputs):
             tuner.keep(index, layer, values)
-        return tactic, timings
-    raise KilnError(f"layer {layer.name} ({layer.kind}) has no tactic that applies")  # tactics_for always offers the reference
+        return tactic
+    raise KilnError(f"layer {layer.name} ({layer.kind}) has no tactic that applies")  # unreachable: the reference is last
 
 
 def skip_tactic(layer: Layer, tactic: Tactic, what: str, exc: BaseException) -> None:
