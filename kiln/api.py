@@ -16,6 +16,7 @@ from kiln.errors import KilnError
 from kiln.lowering import lower
 from kiln.module import CompiledModule
 from kiln.partition import partition
+from kiln.quantize.block import attach_calibration, record_quantization
 from kiln.report.partition_report import PartitionReport
 from kiln.settings import CompileSettings, normalize_executed_ops
 
@@ -84,6 +85,7 @@ def compile_captured(captured: CapturedGraph, settings: CompileSettings) -> Comp
             print(report.table())
         return report
     gm = parts.graph_module
+    attach_calibration(gm, parts.block_names, captured, settings)
     for name in parts.block_names:
         block = getattr(gm, name)
         network = convert_graph(block, settings.truncate_double)
@@ -92,6 +94,7 @@ def compile_captured(captured: CapturedGraph, settings: CompileSettings) -> Comp
         engine = EngineModule(plan, name)
         setattr(gm, name, engine)
         report.layers[name] = [(s.layer.name, s.layer.kind, s.tactic, s.layer.source, s.timings.get(s.tactic)) for s in plan.steps]
+        record_quantization(report, name, plan, block)
     gm.recompile()
     compiled = CompiledModule(gm, captured.input_specs, captured.in_spec, captured.out_spec, report, settings.device)
     if settings.debug:

@@ -2,6 +2,7 @@ import torch
 from torch.fx import GraphModule
 
 from kiln.lowering.constants import add_constant, constant_of
+from kiln.quantize.qdq_graph import is_quantization_op
 
 # Folding must not turn a small weight into a huge one (an expand to the batch size, say).
 _MAX_GROWTH = 4
@@ -15,6 +16,8 @@ def fold_constants(gm: GraphModule) -> GraphModule:
         if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
             continue
         if _is_nondeterministic(node.target) or not node.all_input_nodes:
+            continue
+        if is_quantization_op(node.target):  # the engine needs their scales (a fake-quantized weight keeps its own)
             continue
         inputs = [constant_of(gm, a) for a in node.all_input_nodes]
         if any(v is None for v in inputs):

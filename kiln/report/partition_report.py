@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from kiln.partition.blocks import NodeRow
+from kiln.report.quantization import quantization_table
 from kiln.report.sparsity import sparsity_table
 from kiln.report.table import format_table
 
@@ -21,6 +22,8 @@ class PartitionReport:
     sparsity: dict[str, list[tuple]] = field(default_factory=dict)
     # Things the user should know that are not errors (e.g. sparse_weights=True found no 2:4 layer).
     warnings: list[str] = field(default_factory=list)
+    # INT8/FP8: engine block name -> kiln.report.quantization.quantization_record
+    quantization: dict[str, dict] = field(default_factory=dict)
 
     @property
     def engine_ops(self) -> int:
@@ -61,6 +64,8 @@ class PartitionReport:
             parts.append(format_table(["layer", "kind", "tactic", "from", "ms"], [list(row) for row in layers]))
         if self.sparsity:
             parts.append(sparsity_table(self.sparsity))
+        if self.quantization:
+            parts.append(quantization_table(self.quantization))
         parts += [f"warning: {w}" for w in self.warnings]
         return "\n".join(parts)
 
@@ -75,6 +80,7 @@ class PartitionReport:
             "inputs": self.inputs,
             "sparsity": {k: [list(x) for x in v] for k, v in self.sparsity.items()},
             "warnings": self.warnings,
+            "quantization": self.quantization,
         }
 
     @classmethod
@@ -84,4 +90,5 @@ class PartitionReport:
         report = cls(rows, dict(data.get("blocks", {})), layers, list(data.get("inputs", [])))
         report.sparsity = {k: [tuple(x) for x in v] for k, v in data.get("sparsity", {}).items()}
         report.warnings = [str(w) for w in data.get("warnings", [])]
+        report.quantization = dict(data.get("quantization", {}))
         return report

@@ -1,0 +1,72 @@
+"""Reference tactics of the quantized layer kinds (made by optimize/quantize_placement.py).
+
+- `quantize`:  [x] → 8-bit x (attrs scale, zero_point, qdtype, qmin, qmax).
+- `qconv`:     [x_q, w_q, bias, residual] → conv attrs + the quantization attrs below.
+- `qlinear`:   [x_q, w_q (N x K), bias, residual].
+- `qmatmul`:   [a_q, b_q, None, residual]: b is an activation (per-tensor scale) or a weight
+               (one scale per output column).
+- `fake_quantize`: a QAT/PT2E fake-quantize op left as it is (float in, float out).
+
+Quantization attrs: qdtype ("int8"/"fp8"), x_scale, x_zero_point, w_scale (list: per output
+channel, or one value), w_zero_point (qmatmul on two activations), activation and
+activation_attrs (an absorbed unary op), residual (bool), out_dtype, and out_scale /
+out_zero_point when the output is requantized to 8 bits for 8-bit readers.
+
+These references compute the integer accumulation exactly (quantize/numerics.py), so on a CPU
+they give what an INT8 tensor-core kernel gives; every fast tactic is tested against them.
+"""
+
+import torch
+
+from kiln.engine.kernels.pointwise import UNARY_OPS
+from kiln.engine.kernels.registry import reference
+from kiln.quantize.numerics import finish, integer_values, quantize
+
+
+def apply_activation(name: str, y: torch.Tensor, attrs: dict) -> torch.Tensor:
+    return UNARY_OPS[name](y, attrs)
+
+
+@reference("quantize")
+def quantize_reference(layer, inputs, run):
+    a = layer.attrs
+    return quantize(inputs[0], a["scale"], a.get("zero_point", 0), a["qdtype"], a.get("qmin", -128), a.get("qmax", 127))
+
+
+def conv_accumulator(x: torch.Tensor, w: torch.Tensor, attrs: dict) -> torch.Tensor:
+    xv = integer_values(x, attrs.get("x_zero_point", 0))
+    wv = integer_values(w)
+    return torch.ops.aten.convolution(xv, wv, None, attrs["stride"], attrs["padding"], attrs["dilation"], False, [0, 0], attrs["groups"])
+
+
+@reference("qconv")
+def qconv_reference(layer, inputs, run):
+    x, w, bias, residual = inputs
+    return finish(conv_accumulator(x, w, layer.attrs), layer.attrs, 1, bias, residual, apply_activation)
+
+
+@reference("qlinear")
+def qlinear_reference(layer, inputs, run):
+    x, w, bias, residual = inputs
+    acc = integer_values(x, layer.attrs.get("x_zero_point", 0)) @ integer_values(w).t()
+    return finish(acc, layer.attrs, -1, bias, residual, apply_activation)
+
+
+@reference("qmatmul")
+def qmatmul_reference(layer, inputs, run):
+    a, b, bias, residual = inputs
+    attrs = layer.attrs
+    acc = integer_values(a, attrs.get("x_zero_point", 0)) @ integer_values(b, attrs.get("w_zero_point", 0))
+    return finish(acc, attrs, -1, bias, residual, apply_activation)
+
+
+@reference("fake_quantize")
+def fake_quantize_reference(layer, inputs, run):
+    a = layer.attrs
+    x = inputs[0]
+    if a["axis"] is None:
+        out = torch.fake_quantize_per_tensor_affine(x.float(), a["scale"], a["zero_point"], a["qmin"], a["qmax"])
+    else:
+        scale, zero_point = inputs[1], inputs[2]
+        out = torch.fake_quantize_per_channel_affine(x.float(), scale.float(), zero_point.int(), a["axis"], a["qmin"], a["qmax"])
+    return out.to(x.dtype)
