@@ -1,6 +1,17 @@
-"""CompiledModule: what kiln.compile returns. PyTorch fallback ops and engine blocks in one FX graph."""
+"""CompiledModule: what kiln.compile returns. PyTorch fallback ops and engine blocks in one FX graph.
+
+Inputs are checked before anything runs: structure, rank, shape range, dtype and device (index
+included) must match what the module was compiled for, else InputMismatchError says which input
+and what to do. A transposed, sliced or expanded input is made contiguous first, because a tactic
+may read its input's memory directly (a Triton kernel, a view tactic) and take strides as given;
+a contiguous view at a storage offset is passed as is, since every tactic reads from data_ptr().
+Calls run with the module's CUDA device current, so Triton launches and streams follow a module
+loaded onto cuda:1 whatever the caller's current device.
+"""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.utils._pytree as pytree
@@ -43,7 +54,9 @@ class CompiledModule(torch.nn.Module):
         for i, (value, spec_i) in enumerate(zip(flat, self.input_specs)):
             check_input(value, spec_i, i, self.device)
         check_symbols(flat, self.input_specs)
-        outputs = self.graph_module(*flat)
+        flat = [x if x.is_contiguous() else x.contiguous() for x in flat]
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            outputs = self.graph_module(*flat)
         return pytree.tree_unflatten(list(outputs), self.out_spec)
 
     @property
@@ -74,6 +87,11 @@ def check_input(value, spec: Input, index: int, device: torch.device) -> None:
         raise InputMismatchError(f"{label} has dtype {dtype_name(value.dtype)}; {compiled_for}. Cast it with .to({spec.dtype}).")
     if value.device.type != device.type:
         raise InputMismatchError(f"{label} is on {value.device}; {compiled_for}. Move it with .to('{device}').")
+    if device.index is not None and value.device.index not in (None, device.index):
+        raise InputMismatchError(
+            f"{label} is on {value.device}, but this module runs on {device}. Move the input with .to('{device}'), "
+            f"or load the module onto the input's device with kiln.load(path, device='{value.device}')."
+        )
 
 
 def _in_compiled_order(kwargs: dict, in_spec: pytree.TreeSpec) -> dict:

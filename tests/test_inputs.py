@@ -142,3 +142,41 @@ def test_input_json_round_trip():
     spec = kiln.Input(min_shape=(1, 3), opt_shape=(4, 3), max_shape=(8, 3), dtype=torch.float16, name="tokens")
     back = kiln.Input.from_json(spec.to_json())
     assert back.to_json() == spec.to_json() and back.is_dynamic
+
+
+class ConvAndLinear(torch.nn.Module):
+    """Reads a 4-D image and a 2-D matrix, so both layouts of strided input reach engine layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, image, rows):
+        return torch.relu(self.conv(image)).sum((2, 3)), self.fc(rows) * 2
+
+
+@pytest.fixture(scope="module")
+def conv_and_linear():
+    torch.manual_seed(0)
+    model = ConvAndLinear().eval()
+    compiled = kiln.compile(model, [torch.randn(2, 3, 8, 8), torch.randn(3, 8)], min_block_size=1)
+    return model, compiled
+
+
+STRIDED = {
+    "transposed": lambda: (torch.randn(2, 3, 8, 8).transpose(2, 3), torch.randn(8, 3).t()),
+    "every_other_column": lambda: (torch.randn(2, 3, 8, 16)[..., ::2], torch.randn(3, 16)[:, ::2]),
+    "offset_views": lambda: (torch.randn(5, 3, 8, 8)[3:], torch.randn(6, 8)[3:]),
+    "expanded": lambda: (torch.randn(1, 3, 8, 8).expand(2, 3, 8, 8), torch.randn(1, 8).expand(3, 8)),
+    "channels_last": lambda: (torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last), torch.randn(3, 8)),
+}
+
+
+@pytest.mark.parametrize("case", list(STRIDED))
+def test_strided_and_offset_inputs_give_the_eager_answer(conv_and_linear, case):
+    model, compiled = conv_and_linear
+    image, rows = STRIDED[case]()
+    assert not (image.is_contiguous() and rows.is_contiguous()) or image.storage_offset() > 0
+    with torch.no_grad():
+        assert_outputs_match(compiled(image, rows), model(image, rows))
