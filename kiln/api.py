@@ -75,6 +75,10 @@ def compile(
 
 def compile_captured(captured: CapturedGraph, settings: CompileSettings) -> CompiledModule | PartitionReport:
     """The stages after capture; torch.compile's backend enters here with dynamo's graph."""
+    if settings.engine_cache and not settings.dryrun:
+        from kiln.engine_cache import compile_with_cache  # loads the engine built before, or builds and stores it
+
+        return compile_with_cache(captured, settings)
     gm = lower(captured.graph_module)
     parts = partition(gm, settings)
     report = PartitionReport(parts.rows, inputs=[f"{s.name}: {s.describe()}" for s in captured.input_specs])

@@ -46,6 +46,12 @@ class CompileSettings:
     # Largest relative L2 error of an engine block's outputs vs FP32, on the calibration batches, that
     # quantization may cost; the most harmful quantized layers are kept in FP16/FP32 until it holds.
     int8_error_budget: float = 0.05
+    # Engine cache (kiln/engine_cache.py): a compile of the same graph, weights, inputs, settings,
+    # device and versions loads the engine built before. Directory: cache_dir, else $KILN_CACHE_DIR,
+    # else ~/.cache/kiln/engines; least recently used entries go past cache_size_limit bytes.
+    engine_cache: bool = False
+    cache_dir: str | None = None
+    cache_size_limit: int = 8 << 30
 
     def __post_init__(self) -> None:
         bad = [p for p in self.enabled_precisions if p not in SUPPORTED_PRECISIONS]
