@@ -99,6 +99,8 @@ def test_dense_fallback_equals_the_reference_with_the_pruned_weight(case, monkey
         got = sparse.fn(layer, [inputs[0], packed, *inputs[2:]], run)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # A loaded plan that gives the layer to another tactic gets the original weight back, exactly.
+    assert torch.equal(sparse.unprepare(layer, packed), inputs[1])
 
 
 def test_offered_only_for_marked_layers_that_qualify():

@@ -121,6 +121,11 @@ def _undo_prepare(layer: Layer, tactic_name: str, prepared_name: str, original: 
     shape = [int(d) for d in desc.shape]
     numel = math.prod(shape)
     as_built = replace(layer, inputs=[original if n == prepared_name else n for n in layer.inputs])
+    if tactic.unprepare is not None:  # a prepare that changes values says itself how to undo it
+        restored = tactic.unprepare(as_built, prepared)
+        if list(restored.shape) != shape or restored.dtype != desc.dtype:
+            raise cannot(f"its unprepare gave {list(restored.shape)} {restored.dtype}, not {shape} {desc.dtype}")
+        return restored
     try:
         moved = tactic.prepare(as_built, {original: torch.arange(numel).reshape(shape)}).get(original)
     except Exception as exc:  # a prepare that refuses index tensors cannot be undone this way

@@ -4,7 +4,9 @@ A tactic is `fn(layer, inputs, run) -> Tensor | tuple[Tensor, ...]`, where `inpu
 layer's input tensors (None for an absent optional input) and `run` is the RunContext of the
 call (symbol values for dynamic shapes). `when(layer, target)` says whether it applies to a
 layer on a build target; `prepare(layer, weights)` reshapes the layer's weights once at build
-time into what the tactic wants (layout, dtype).
+time into what the tactic wants (layout, dtype); a `prepare` that changes values, not only their
+order (a compressed 2:4 weight), gives `unprepare(layer, prepared) -> original` so a loaded plan
+can hand the weight to another tactic (builder/retarget.py).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Tactic:
     fn: Callable
     when: Callable[[Layer, BuildTarget], bool]
     prepare: Callable[[Layer, dict], dict] | None = None
+    unprepare: Callable[[Layer, torch.Tensor], torch.Tensor] | None = None
 
 
 _TACTICS: dict[str, dict[str, Tactic]] = {}
@@ -58,12 +61,12 @@ def _always(layer: Layer, target: BuildTarget) -> bool:
     return True
 
 
-def tactic(kind: str, name: str, when: Callable[[Layer, BuildTarget], bool] = _always, prepare=None):
+def tactic(kind: str, name: str, when: Callable[[Layer, BuildTarget], bool] = _always, prepare=None, unprepare=None):
     def register(fn):
         table = _TACTICS.setdefault(kind, {})
         if name in table:
             raise RuntimeError(f"tactic {name!r} registered twice for layer kind {kind!r}")
-        table[name] = Tactic(kind, name, fn, when, prepare)
+        table[name] = Tactic(kind, name, fn, when, prepare, unprepare)
         return fn
 
     return register

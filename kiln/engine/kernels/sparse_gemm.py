@@ -32,7 +32,7 @@ from kiln.engine.ir.dtypes import dtype_from_name
 from kiln.engine.kernels.aten_conv import _IN_PLACE
 from kiln.engine.kernels.pointwise import UNARY_OPS
 from kiln.engine.kernels.registry import tactic
-from kiln.engine.optimize.sparse_weights import AS_MATRIX, SPARSE_ATTR
+from kiln.engine.optimize.sparse_weights import AS_MATRIX, FROM_MATRIX, SPARSE_ATTR
 from kiln.sparsity.packed import compressed_segment, pack_2to4, unpack_dense
 
 NAME = "cusparselt_2to4"
@@ -68,6 +68,12 @@ def _prepare(layer, weights: dict) -> dict:
     matrix = AS_MATRIX[layer.kind](weights[name]).contiguous()
     compressed = torch._cslt_compress(matrix) if sparse_cores(matrix.device) else None
     return {name: pack_2to4(matrix, compressed)}
+
+
+def _unprepare(layer, packed: torch.Tensor) -> torch.Tensor:
+    # The dense pruned weight in its original shape, from the portable part: what another tactic reads.
+    info = _info(layer)
+    return FROM_MATRIX[layer.kind](unpack_dense(packed, info["rows"], info["cols"], dtype_from_name(info["dtype"])))
 
 
 _warned: set[str] = set()
@@ -118,14 +124,14 @@ def sparse_rows_matmul(layer, rows: torch.Tensor, packed: torch.Tensor, bias) ->
     return out[:m] if pad else out
 
 
-@tactic("linear", NAME, when=_offered, prepare=_prepare)
+@tactic("linear", NAME, when=_offered, prepare=_prepare, unprepare=_unprepare)
 def linear_2to4(layer, inputs, run):
     x, packed, b = inputs
     rows = x.reshape(-1, x.shape[-1])
     return sparse_rows_matmul(layer, rows, packed, b).view(*x.shape[:-1], -1)
 
 
-@tactic("matmul", NAME, when=_offered, prepare=_prepare)
+@tactic("matmul", NAME, when=_offered, prepare=_prepare, unprepare=_unprepare)
 def matmul_2to4(layer, inputs, run):
     a, packed, bias = inputs
     alpha, beta = layer.attrs.get("alpha", 1), layer.attrs.get("beta", 1)
@@ -148,13 +154,13 @@ def _conv_rows(layer, x: torch.Tensor, packed: torch.Tensor, b) -> torch.Tensor:
     return out.view(n, h, w, out.shape[1]).permute(0, 3, 1, 2)
 
 
-@tactic("conv", NAME, when=_offered, prepare=_prepare)
+@tactic("conv", NAME, when=_offered, prepare=_prepare, unprepare=_unprepare)
 def conv_1x1_2to4(layer, inputs, run):
     x, packed, b = inputs
     return _conv_rows(layer, x, packed, b)
 
 
-@tactic("conv_epilogue", NAME, when=_offered, prepare=_prepare)
+@tactic("conv_epilogue", NAME, when=_offered, prepare=_prepare, unprepare=_unprepare)
 def conv_1x1_epilogue_2to4(layer, inputs, run):
     x, packed, b, residual = inputs
     y = _conv_rows(layer, x, packed, b)

@@ -25,15 +25,18 @@ SPARSE_ATTR = "sparse_2to4"
 # layer kind -> fn(layer, network) returning the constant weight's name, or None when the layer is no GEMM over one.
 GemmWeight = Callable[[Layer, Network], str | None]
 GEMM_WEIGHTS: dict[str, GemmWeight] = {}
-# layer kind -> fn(weight) returning it as the [outputs, reduction] matrix the sparse kernel multiplies by.
+# layer kind -> fn(weight) returning it as the [outputs, reduction] matrix the sparse kernel multiplies by,
+# and the way back (a loaded plan that hands the weight to another tactic needs the original).
 AS_MATRIX: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+FROM_MATRIX: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 
 
-def gemm_weight(*kinds: str, as_matrix: Callable[[torch.Tensor], torch.Tensor]):
+def gemm_weight(*kinds: str, as_matrix: Callable[[torch.Tensor], torch.Tensor], from_matrix: Callable[[torch.Tensor], torch.Tensor]):
     def register(fn: GemmWeight) -> GemmWeight:
         for kind in kinds:
             GEMM_WEIGHTS[kind] = fn
             AS_MATRIX[kind] = as_matrix
+            FROM_MATRIX[kind] = from_matrix
         return fn
 
     return register
@@ -44,12 +47,12 @@ def _constant(network: Network, name: str | None, rank: int) -> str | None:
     return name if value is not None and value.dim() == rank else None
 
 
-@gemm_weight("linear", as_matrix=lambda w: w)
+@gemm_weight("linear", as_matrix=lambda w: w, from_matrix=lambda m: m)
 def linear_weight(layer: Layer, network: Network) -> str | None:
     return _constant(network, layer.inputs[1], 2)
 
 
-@gemm_weight("matmul", as_matrix=lambda b: b.t())
+@gemm_weight("matmul", as_matrix=lambda b: b.t(), from_matrix=lambda m: m.t().contiguous())
 def matmul_weight(layer: Layer, network: Network) -> str | None:
     # a @ B with B a constant [K, N]: the sparse operand is B^T, 2:4 along K. With a bias (addmm),
     # the reference is addmm over a 2-D a, so only that form is taken.
@@ -68,7 +71,7 @@ def _is_pointwise(attrs: dict) -> bool:
     )
 
 
-@gemm_weight("conv", "conv_epilogue", as_matrix=lambda w: w.reshape(w.shape[0], w.shape[1]))
+@gemm_weight("conv", "conv_epilogue", as_matrix=lambda w: w.reshape(w.shape[0], w.shape[1]), from_matrix=lambda m: m[..., None, None])
 def pointwise_conv_weight(layer: Layer, network: Network) -> str | None:
     name = _constant(network, layer.inputs[1], 4)
     if name is None or not _is_pointwise(layer.attrs) or tuple(network.constants[name].shape[2:]) != (1, 1):
