@@ -18,6 +18,7 @@ from kiln.module import CompiledModule
 from kiln.partition import partition
 from kiln.quantize.block import attach_calibration, record_quantization
 from kiln.report.partition_report import PartitionReport
+from kiln.report.sparsity import record_sparsity
 from kiln.settings import CompileSettings, normalize_executed_ops
 
 
@@ -99,6 +100,10 @@ def compile_captured(captured: CapturedGraph, settings: CompileSettings) -> Comp
         setattr(gm, name, engine)
         report.layers[name] = [(s.layer.name, s.layer.kind, s.tactic, s.layer.source, s.timings.get(s.tactic)) for s in plan.steps]
         record_quantization(report, name, plan, block)
+        if settings.sparse_weights:
+            record_sparsity(report, name, plan.steps)
+    if settings.sparse_weights:
+        record_sparsity(report, None)
     gm.recompile()
     compiled = CompiledModule(gm, captured.input_specs, captured.in_spec, captured.out_spec, report, settings.device)
     if settings.debug:
