@@ -1,5 +1,6 @@
 """Kiln: compile a PyTorch model into a fast inference engine, with PyTorch fallback."""
 
+from kiln import sparsity  # kiln.sparsity.prune_2to4, keep_masks, sparsity_summary
 from kiln.api import compile
 from kiln.capture.input_spec import Input
 from kiln.dynamo import explain  # importing kiln.dynamo registers torch.compile(backend="kiln")
@@ -35,4 +36,5 @@ __all__ = [
     "OutOfMemoryError",
     "KilnWarning",
     "IncompatibleFileError",
+    "sparsity",
 ]
