@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from kiln.capture.export import CapturedGraph, capture
+from kiln.capture.program import program_inputs, switch_to_eval, takes_inputs
 from kiln.engine.builder import build_plan
 from kiln.engine.convert import convert_graph
 from kiln.engine.module import EngineModule
@@ -23,7 +24,7 @@ from kiln.settings import CompileSettings, normalize_executed_ops
 
 
 def compile(
-    module: torch.nn.Module,
+    module: torch.nn.Module | torch.export.ExportedProgram,
     inputs: Sequence | None = None,
     *,
     arg_inputs: Sequence | None = None,
@@ -39,13 +40,18 @@ def compile(
     **options,
 ) -> CompiledModule | PartitionReport:
     """Compile `module` for the given inputs. Returns a CompiledModule, or the PartitionReport if dryrun."""
-    if not isinstance(module, torch.nn.Module):
-        raise KilnError(f"kiln.compile expects a torch.nn.Module, got {type(module).__name__}.")
     if inputs is not None and arg_inputs is not None:
         raise KilnError("pass either inputs= or arg_inputs= (they mean the same), not both.")
+    if isinstance(module, torch.export.ExportedProgram):
+        # As torch_tensorrt.dynamo.compile does: the program's own input shapes and ranges, unless given.
+        if inputs is None and arg_inputs is None and kwarg_inputs is None:
+            arg_inputs, kwarg_inputs = program_inputs(module)
+        module = module.module()
+    if not isinstance(module, torch.nn.Module):
+        raise KilnError(f"kiln.compile expects a torch.nn.Module or a torch.export.ExportedProgram, got {type(module).__name__}.")
     arg_inputs = list(inputs if inputs is not None else arg_inputs or [])
     kwarg_inputs = dict(kwarg_inputs or {})
-    if not arg_inputs and not kwarg_inputs:
+    if not arg_inputs and not kwarg_inputs and takes_inputs(module):
         raise KilnError("kiln.compile needs inputs=[kiln.Input(shape), ...] or example tensors to know the input shapes.")
     settings = make_settings(
         module,
@@ -61,17 +67,21 @@ def compile(
         dryrun=dryrun,
         **options,
     )
-    was_training = module.training
+    was_training = module.training and switch_to_eval(module)
     if was_training:
         warnings.warn("kiln.compile: the module is in training mode; compiling it in eval mode (as for inference).", stacklevel=2)
-        module.eval()
     try:
         with torch.no_grad():
             captured = capture(module, arg_inputs, kwarg_inputs, settings)
     finally:
         if was_training:
             module.train()
-    return compile_captured(captured, settings)
+    compiled = compile_captured(captured, settings)
+    if isinstance(compiled, CompiledModule):
+        from kiln.refit import remember_structure  # kiln.refit(compiled, state_dict) maps names through it
+
+        remember_structure(compiled, module, settings)
+    return compiled
 
 
 def compile_captured(captured: CapturedGraph, settings: CompileSettings) -> CompiledModule | PartitionReport:

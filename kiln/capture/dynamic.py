@@ -24,7 +24,7 @@ import torch.utils._pytree as pytree
 from torch.export import Dim
 
 from kiln.capture.input_spec import Input
-from kiln.engine.ir.symbolic import evaluate, is_static, shape_of, symbols_in
+from kiln.engine.ir.symbolic import evaluate, evaluate_shape, is_static, shape_of, symbols_in
 from kiln.errors import CaptureError, InputMismatchError
 
 # The smallest size torch.export traces a dynamic dimension at without specialising it.
@@ -158,12 +158,21 @@ def verify_small_sizes(
     examples = []
     for spec in specs:
         dims = spec.symbolic_shape or list(spec.opt_shape)
-        examples.append(Input(tuple(evaluate(d, env) for d in dims), dtype=spec.dtype, format=spec.format).example(device))
+        example = Input(tuple(evaluate(d, env) for d in dims), dtype=spec.dtype, format=spec.format).example(device)
+        # Integer inputs are mostly indices, and at size 1 the only index every table has is 0.
+        examples.append(example if example.is_floating_point() else torch.zeros_like(example))
     args, kwargs = pytree.tree_unflatten(examples, flat_spec)
     what = ", ".join(f"{_label(specs[i], i)} dim {d} = {small[name]}" for name in small for i, d in table[name].sources)
     try:
         with torch.no_grad():
             expected = pytree.tree_leaves(module(*args, **kwargs))
+    except Exception:
+        # The model itself refuses these example values (an index past a size-1 table, say): the
+        # values say nothing about the capture, so only the shapes the graph records are checked.
+        _verify_small_shapes(gm, env, examples, what)
+        return
+    try:
+        with torch.no_grad():
             checker = _ShapeChecker(gm, env)
             got = list(checker.run(*examples))
     except Exception as exc:
@@ -171,6 +180,59 @@ def verify_small_sizes(
     problem = checker.problem or _compare(got, expected)
     if problem:
         raise _small_size_error(what, problem)
+
+
+def verify_largest_sizes(
+    module: torch.nn.Module, gm: torch.fx.GraphModule, specs: list[Input], flat_spec: pytree.TreeSpec, device: torch.device
+) -> None:
+    """The captured graph's output shapes at max_shape must be the model's: shapes only, on fake tensors.
+
+    torch.export can fix a number computed from a dynamic size without a guard (F.interpolate's
+    scale_factor=x.shape[2] / 4 is recorded as the float seen at the example size); such a graph
+    is right at the example size only and wrong elsewhere.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    table = symbol_table(specs)
+    if not table or any(info.max >= UNBOUNDED for info in table.values()):
+        return
+    env = {name: info.max for name, info in table.items()}
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        examples = []
+        for spec in specs:
+            dims = spec.symbolic_shape or list(spec.opt_shape)
+            examples.append(mode.from_tensor(torch.empty(evaluate_shape(dims, env), dtype=spec.dtype, device=device), static_shapes=True))
+        args, kwargs = pytree.tree_unflatten(examples, flat_spec)
+        try:
+            with torch.no_grad():
+                expected = [tuple(t.shape) for t in pytree.tree_leaves(module(*args, **kwargs)) if isinstance(t, torch.Tensor)]
+                checker = _ShapeChecker(gm, env)
+                got = [tuple(t.shape) for t in checker.run(*examples) if isinstance(t, torch.Tensor)]
+        except Exception:  # an op without a fake kernel: nothing can be said from shapes
+            return
+    if got != expected:
+        where = ", ".join(f"{name} = {value}" for name, value in env.items())
+        raise CaptureError(
+            f"torch.export captured a graph that is right only at the example size: at the largest sizes ({where}) it "
+            f"gives output shapes {got} where the model gives {expected}. The model computes a number from a dynamic "
+            "size that export fixed to its example value (e.g. F.interpolate(scale_factor=x.shape[2] / 4)). What to do: "
+            "compute the output size as an int (size=(x.shape[2] * 2, ...)) instead of a float scale, or give that "
+            "dimension a static size."
+        )
+
+
+def _verify_small_shapes(gm: torch.fx.GraphModule, env: dict[str, int], examples: list[torch.Tensor], what: str) -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fakes = [mode.from_tensor(e, static_shapes=True) for e in examples]
+        checker = _ShapeChecker(gm, env)
+        try:
+            checker.run(*fakes)
+        except Exception as exc:
+            raise _small_size_error(what, f"running it there failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    if checker.problem:
+        raise _small_size_error(what, checker.problem)
 
 
 def check_symbols(values: Sequence[torch.Tensor], specs: Sequence[Input]) -> None:

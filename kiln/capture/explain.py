@@ -28,10 +28,34 @@ _DATA_DEPENDENT_ADVICE = (
 )
 
 
+# Export failures with a cause Kiln can name: (text in torch's message, what it means and what to do).
+_KNOWN_CAUSES = [
+    (
+        "num_mutated_inp_runtime_indices",
+        "forward() changes the shape or storage of an input in place (resize_, set_, or an in-place op on a "
+        "resized view); torch.export cannot capture a change to an input's metadata, and an engine returns new tensors.",
+        "What to do: work on a new tensor (y = x.reshape(...), or y = x.clone() and resize that), not on the input itself.",
+    ),
+    (
+        "alias annotation",
+        "forward() calls an operator whose output aliases its input and which has no functional form in torch.export "
+        "(e.g. torch.ops.prims.broadcast_in_dim, or a custom op declared with Tensor(a) -> Tensor(a)).",
+        "What to do: call the aten form instead (x.unsqueeze(...).expand(shape) for broadcast_in_dim), or register the "
+        "custom op with a functional (non-aliasing) output.",
+    ),
+]
+
+
 def capture_error(module: torch.nn.Module, exc: BaseException) -> CaptureError:
     name = type(module).__name__
     where = _user_frame(exc)
     at = f" at {where}" if where else ""
+    text = " ".join(str(e) for e in _chain(exc))
+    for needle, cause, advice in _KNOWN_CAUSES:
+        if needle in text:
+            return CaptureError(
+                f"torch.export could not capture {name}{at}: {cause}\ntorch said: {type(exc).__name__}: {_first_lines(exc, 2)}\n{advice}"
+            )
     if _is_data_dependent(exc):
         return CaptureError(
             f"torch.export could not capture {name}{at}: {_DATA_DEPENDENT}\n"

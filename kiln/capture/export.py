@@ -9,7 +9,15 @@ import torch.utils._pytree as pytree
 from torch.export.graph_signature import InputKind, OutputKind
 
 from kiln.capture.decompositions import decomposition_table
-from kiln.capture.dynamic import capture_example, dynamic_shapes_for, read_symbolic_shapes, symbol_table, varargs_at, verify_small_sizes
+from kiln.capture.dynamic import (
+    capture_example,
+    dynamic_shapes_for,
+    read_symbolic_shapes,
+    symbol_table,
+    varargs_at,
+    verify_largest_sizes,
+    verify_small_sizes,
+)
 from kiln.capture.explain import capture_error
 from kiln.capture.input_spec import Input
 from kiln.errors import CaptureError, KilnError
@@ -70,6 +78,7 @@ def capture(
     read_symbolic_shapes(gm, specs, allow_specialization=allow_specialization)
     symbol_table(specs)  # raises now, at compile time, for a dim Kiln could not read at call time
     verify_small_sizes(module, gm, specs, flat_spec, settings.device)
+    verify_largest_sizes(module, gm, specs, flat_spec, settings.device)
     return CapturedGraph(gm, program.call_spec.in_spec, program.call_spec.out_spec, specs, names)
 
 

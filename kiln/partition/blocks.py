@@ -11,6 +11,7 @@ from torch.fx.passes.operator_support import OperatorSupportBase
 from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
 
 from kiln.errors import UnsupportedOpError
+from kiln.partition.sizes import outside_numbers, unreadable_sizes
 from kiln.partition.support import fallback_reasons
 from kiln.settings import CompileSettings, op_name
 
@@ -48,27 +49,41 @@ def counted_ops(nodes) -> int:
     return sum(1 for n in nodes if n.op == "call_function" and n.target is not operator.getitem)
 
 
+def _refuse_if_full(settings: CompileSettings, unsupported: dict[Node, str]) -> None:
+    if not settings.require_full_compilation or not unsupported:
+        return
+    lines = "\n".join(f"  {n.name:<28} {op_name(n.target):<40} {r}" for n, r in unsupported.items())
+    raise UnsupportedOpError(
+        f"require_full_compilation=True, but {len(unsupported)} op(s) cannot run on the Kiln engine:\n{lines}\n"
+        "What to do: set require_full_compilation=False to run them in PyTorch, or remove them from "
+        "torch_executed_ops / rewrite them with supported ops."
+    )
+
+
 def partition(gm: GraphModule, settings: CompileSettings) -> PartitionResult:
     nodes = list(gm.graph.nodes)
     reasons = fallback_reasons(nodes, settings)
-    unsupported = {n: r for n, r in reasons.items() if r is not None}
-    if settings.require_full_compilation and unsupported:
-        lines = "\n".join(f"  {n.name:<28} {op_name(n.target):<40} {r}" for n, r in unsupported.items())
-        raise UnsupportedOpError(
-            f"require_full_compilation=True, but {len(unsupported)} op(s) cannot run on the Kiln engine:\n{lines}\n"
-            "What to do: set require_full_compilation=False to run them in PyTorch, or remove them from "
-            "torch_executed_ops / rewrite them with supported ops."
-        )
-    proposed = CapabilityBasedPartitioner(gm, _Supported(reasons), allows_single_node_partition=True).propose_partitions()
+    _refuse_if_full(settings, {n: r for n, r in reasons.items() if r is not None})
     min_size = 1 if settings.require_full_compilation else settings.min_block_size
-    kept = []
-    for part in sorted(proposed, key=lambda p: min(nodes.index(n) for n in p.nodes)):
-        size = counted_ops(part.nodes)
-        if size < min_size:
-            for n in part.nodes:
-                reasons[n] = f"block of {size} op(s) < min_block_size={settings.min_block_size}"
-        else:
-            kept.append(part)
+    # A block may not pass a number across its border nor use a size it cannot read from its inputs;
+    # each round sends the nodes that would to PyTorch and proposes the blocks again, until none
+    # does (each round removes at least one node).
+    while True:
+        proposed = CapabilityBasedPartitioner(gm, _Supported(reasons), allows_single_node_partition=True).propose_partitions()
+        kept, small = [], {}
+        for part in sorted(proposed, key=lambda p: min(nodes.index(n) for n in p.nodes)):
+            size = counted_ops(part.nodes)
+            if size < min_size:
+                small.update(dict.fromkeys(part.nodes, f"block of {size} op(s) < min_block_size={settings.min_block_size}"))
+            else:
+                kept.append(part)
+        outside = {n: r for part in kept for n, r in outside_numbers(set(part.nodes)).items()}
+        outside = outside or {n: r for part in kept for n, r in unreadable_sizes(set(part.nodes)).items()}
+        if not outside:
+            break
+        _refuse_if_full(settings, outside)
+        reasons.update(outside)
+    reasons.update(small)
     block_of: dict[Node, str] = {}
     fuse_groups = []
     for i, part in enumerate(kept):

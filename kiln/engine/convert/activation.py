@@ -78,7 +78,9 @@ def convert_softplus(ctx, node):
 
 
 def _scalar_or_none(value):
-    return None if value is None else float(value)
+    # An int bound stays an int: torch.clamp(int_tensor, 0.0, 1.0) would promote the result to float
+    # (replication padding's index clamp relies on staying int64).
+    return None if value is None else value if isinstance(value, int) and not isinstance(value, bool) else float(value)
 
 
 def _has_no_tensor_bounds(node):
