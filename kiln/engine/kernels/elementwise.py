@@ -29,6 +29,7 @@ BINARY_OPS = {
     "bitwise_and": torch.bitwise_and,
     "bitwise_or": torch.bitwise_or,
     "bitwise_xor": torch.bitwise_xor,
+    "atan2": torch.atan2,
 }
 
 # Ops whose second operand is scaled by `alpha` (aten.add/sub's alpha argument).
@@ -57,6 +58,7 @@ BINARY_TRITON = {
     "ge": lambda a, b: f"{a} >= {b}",
     "logical_and": lambda a, b: f"({a} != 0) & ({b} != 0)",
     "logical_or": lambda a, b: f"({a} != 0) | ({b} != 0)",
+    "atan2": lambda a, b: f"libdevice.atan2({a}, {b})",
 }
 
 

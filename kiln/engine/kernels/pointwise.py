@@ -43,6 +43,14 @@ UNARY_OPS = {
     "expm1": lambda x, a: torch.expm1(x),
     "tan": lambda x, a: torch.tan(x),
     "atan": lambda x, a: torch.atan(x),
+    "log10": lambda x, a: torch.log10(x),
+    "asin": lambda x, a: torch.asin(x),
+    "acos": lambda x, a: torch.acos(x),
+    "asinh": lambda x, a: torch.asinh(x),
+    "acosh": lambda x, a: torch.acosh(x),
+    "atanh": lambda x, a: torch.atanh(x),
+    "sinh": lambda x, a: torch.sinh(x),
+    "cosh": lambda x, a: torch.cosh(x),
 }
 
 
@@ -88,6 +96,14 @@ UNARY_TRITON = {
     "expm1": lambda x, a: f"libdevice.expm1({x})",
     "tan": lambda x, a: f"libdevice.tan({x})",
     "atan": lambda x, a: f"libdevice.atan({x})",
+    "log10": lambda x, a: f"libdevice.log10({x})",
+    "asin": lambda x, a: f"libdevice.asin({x})",
+    "acos": lambda x, a: f"libdevice.acos({x})",
+    "asinh": lambda x, a: f"libdevice.asinh({x})",
+    "acosh": lambda x, a: f"libdevice.acosh({x})",
+    "atanh": lambda x, a: f"libdevice.atanh({x})",
+    "sinh": lambda x, a: f"libdevice.sinh({x})",
+    "cosh": lambda x, a: f"libdevice.cosh({x})",
 }
 
 
