@@ -1,6 +1,6 @@
 """Kiln: compile a PyTorch model into a fast inference engine, with PyTorch fallback."""
 
-from kiln import sparsity  # kiln.sparsity.prune_2to4, keep_masks, sparsity_summary
+from kiln import debug, ptq, sparsity  # kiln.ptq calibrators, kiln.debug.compare, kiln.sparsity.prune_2to4...
 from kiln.api import compile
 from kiln.capture.input_spec import Input
 from kiln.dynamo import explain  # importing kiln.dynamo registers torch.compile(backend="kiln")
@@ -37,4 +37,6 @@ __all__ = [
     "KilnWarning",
     "IncompatibleFileError",
     "sparsity",
+    "ptq",
+    "debug",
 ]
