@@ -16,12 +16,15 @@ from kiln.errors import (
     UnsupportedOpError,
 )
 from kiln.module import CompiledModule
+from kiln.refit import RefitError, refit
 from kiln.serialize import load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "compile",
+    "refit",
+    "RefitError",
     "Input",
     "save",
     "load",
