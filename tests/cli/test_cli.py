@@ -72,7 +72,8 @@ def test_bench_on_cpu_prints_summary_and_says_it_is_not_speed(kiln_file, tmp_pat
         (["compile", "model_without_colon", "--input", "1x3x16x16", "-o", "x.kiln"], "FILE.py:FUNCTION"),
         (["compile", "{model}:missing", "--input", "1x3x16x16", "-o", "x.kiln"], "has no function 'missing'"),
         (["compile", "{model}:make_model", "--input", "1x3xtwo", "-o", "x.kiln"], "not a positive size"),
-        (["compile", "{model}:make_model", "--input", "1x3x16x16", "--int8", "--calib", "d.npy", "-o", "x.kiln"], "--int8"),
+        (["compile", "{model}:make_model", "--input", "1x3x16x16", "--int8", "--calib", "d.npy", "-o", "x.kiln"], "d.npy does not exist"),
+        (["compile", "{model}:make_model", "--input", "1x3x16x16", "--int8", "-o", "x.kiln"], "--int8 needs --calib"),
         (["compile", "{model}:make_model", "--input", "1x3x16x16", "--calib", "d.npy", "-o", "x.kiln"], "only used with --int8"),
         (["compile", "{model}:make_model", "--input", "1x3x16x16", "-o", "/no/such/dir/x.kiln"], "does not exist"),
         (["inspect", "no_such_file.kiln"], "does not exist"),
@@ -95,6 +96,29 @@ def test_int8_says_not_available_in_this_build(model_file):
     result = run("compile", f"{model_file}:make_model", "--input", "1x3x16x16", "--int8", "-o", "x.kiln")
     assert result.exit_code == 2
     assert "not available in this build" in " ".join(result.output.split())
+
+
+def test_int8_with_calibration_data(model_file, reference_model, tmp_path):
+    from kiln.cli.commands.compile_model import int8_available
+
+    if not int8_available():
+        pytest.skip("this build has no kiln.ptq")
+    import numpy as np
+
+    calib = tmp_path / "calib.npy"
+    np.save(calib, torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)).numpy())
+    out = tmp_path / "int8.kiln"
+    result = run(
+        "compile", f"{model_file}:make_model", "--input", "2x3x16x16", "--int8", "--calib", str(calib), "--device", "cpu", "-o", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    x = example(2)
+    with torch.no_grad():
+        torch.testing.assert_close(kiln.load(out)(x), reference_model(x), atol=0.05, rtol=0.1)
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((4, 3)))
+    result = run("compile", f"{model_file}:make_model", "--input", "2x3x16x16", "--int8", "--calib", str(bad), "-o", str(out))
+    assert result.exit_code == 2 and "expected rank 4" in result.output
 
 
 def test_corrupt_file_exits_1_naming_the_problem(tmp_path):

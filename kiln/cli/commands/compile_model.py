@@ -21,6 +21,29 @@ def int8_available() -> bool:
         return False
 
 
+def calibrator_from_file(path: Path, specs: list):
+    """A kiln.ptq calibrator over a .npy array of N samples stacked like the input, [N, *input_shape[1:]], in batches of the opt batch."""
+    import numpy as np
+
+    from kiln import ptq
+
+    if len(specs) != 1:
+        raise UsageError(f"--calib takes one .npy array, so it needs a model with one input; this one has {len(specs)}.")
+    if not path.is_file():
+        raise UsageError(f"--calib {path} does not exist.")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise UsageError(f"--calib {path} is not a .npy array: {exc}") from exc
+    spec = specs[0]
+    rank = len(spec.opt_shape)
+    if array.ndim != rank:
+        raise UsageError(f"--calib {path} has shape {array.shape}; expected rank {rank} like the input {spec.describe()}.")
+    data = torch.from_numpy(np.ascontiguousarray(array)).to(spec.dtype)
+    batch = max(1, spec.opt_shape[0])
+    return ptq.DataLoaderCalibrator(list(torch.split(data, batch)))
+
+
 @app.command("compile")
 def compile_command(
     model: Annotated[str, typer.Argument(help="FILE.py:FUNCTION (a function returning an nn.Module) or an ExportedProgram .pt2")],
@@ -57,12 +80,10 @@ def compile_command(
     with kiln_errors():
         if calib is not None and not int8:
             raise UsageError("--calib is only used with --int8.")
-        if int8:
-            if not int8_available():
-                raise UsageError(
-                    "--int8 is not available in this build of Kiln (INT8 quantization, kiln.ptq, is not installed); compile without it."
-                )
-            raise UsageError("--int8 is not wired into `kiln compile` in this build; use kiln.ptq from Python.")
+        if int8 and not int8_available():
+            raise UsageError("--int8 is not available in this build of Kiln (INT8 quantization, kiln.ptq, is not installed).")
+        if int8 and calib is None:
+            raise UsageError("--int8 needs --calib data.npy: calibration inputs to measure activation ranges on.")
         if not output.parent.exists():
             raise UsageError(f"the directory of --output {output} does not exist.")
         specs = [parse_input(text) for text in input]
@@ -70,6 +91,9 @@ def compile_command(
             raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu.")
         precisions = {torch.float32} | ({torch.float16} if fp16 else set()) | ({torch.bfloat16} if bf16 else set())
         options = {}
+        if int8:
+            precisions.add(torch.int8)
+            options["calibrator"] = calibrator_from_file(calib, specs)
         if timing_cache is not None:
             options["timing_cache_path"] = str(timing_cache)
         if engine_cache:
