@@ -80,5 +80,9 @@ def sparsity_summary(model: nn.Module, dtype: torch.dtype = torch.float16) -> Sp
             continue
         pattern, dense_groups, reason = weight_report(module.weight, dtype)
         kind = "linear" if isinstance(module, nn.Linear) else "conv1x1"
+        if kind == "conv1x1" and (tuple(module.stride) != (1, 1) or module.padding not in ((0, 0), "valid")):
+            # Kiln takes a 1x1 conv as a GEMM only at stride 1 without padding; others stay convolutions.
+            why = f"1x1 conv with stride {tuple(module.stride)}, padding {module.padding}: runs as a convolution, not a GEMM"
+            reason = why if reason is None else f"{why}; also {reason}"
         summary.rows.append(LayerSparsity(name, kind, tuple(module.weight.shape), pattern, dense_groups, reason))
     return summary

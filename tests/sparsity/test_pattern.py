@@ -101,6 +101,14 @@ def test_summary_says_which_layers_qualify_and_why_not():
     assert "1 of 4" in text and "| 1 " in text
 
 
+def test_summary_flags_strided_pointwise_convs_which_kiln_runs_as_convolutions():
+    model = nn.Sequential(nn.Conv2d(32, 64, 1), nn.Conv2d(64, 64, 1, stride=2))
+    prune_2to4(model)
+    rows = {r.name: r for r in sparsity_summary(model).rows}
+    assert rows["0"].qualifies
+    assert rows["1"].is_2to4 and "stride (2, 2)" in rows["1"].reason
+
+
 def test_kernel_shape_problem_follows_cusparselt_constraints():
     assert kernel_shape_problem(4096, 1024, torch.float16) is None
     assert kernel_shape_problem(16, 16, torch.bfloat16) is None
