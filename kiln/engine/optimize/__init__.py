@@ -38,11 +38,13 @@ def optimize_network(network: Network, block, captured, settings: CompileSetting
 from kiln.engine.optimize import bind_symbols  # noqa: E402, F401, I001
 
 
-# Registration order is run order: fusion first (fewer layers to assign), then precision (it
-# inserts boundary casts), then layout (which follows those casts to the network inputs).
+# Registration order is run order: conv fusion first (fewer layers to assign), then precision (it
+# inserts boundary casts), then pointwise fusion (over final dtypes, casts included), then layout
+# (which follows those casts to the network inputs).
 from kiln.engine.optimize import fuse_conv  # noqa: E402, F401, I001
 from kiln.engine.optimize import quantize_placement  # noqa: E402, F401, I001
 from kiln.engine.optimize import precision  # noqa: E402, F401, I001
+from kiln.engine.optimize import fuse_pointwise  # noqa: E402, F401, I001
 from kiln.engine.optimize import layout  # noqa: E402, F401, I001
 from kiln.engine.optimize import views  # noqa: E402, F401, I001
 # Last: it reads the fused layers and their weights in the final dtype (sparse_weights=True only).

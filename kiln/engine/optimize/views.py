@@ -19,7 +19,7 @@ from kiln.engine.optimize import OptimizeContext, optimize_pass
 
 VIEWABLE = frozenset({"permute", "select", "slice", "reshape"})
 STRIDE_TOLERANT = frozenset(
-    {"attention", "linear", "matmul", "binary", "unary", "norm", "softmax", "reduce"}
+    {"attention", "linear", "matmul", "binary", "unary", "norm", "softmax", "reduce", "fused_pointwise"}
     | {"reshape", "permute", "select", "slice", "cast", "concat"}
 )
 

@@ -1,0 +1,133 @@
+"""Pointwise programs: element-wise ops over numbered values, as JSON-able data.
+
+Values 0..num_inputs-1 are the inputs; op i makes value num_inputs + i. An op is
+{"kind": layer kind, "op": its op name, "args": [value numbers], "attrs": {...}} where kind is
+one of the element-wise layer kinds (OP_KINDS) and attrs are that layer's attributes, so a
+program is exactly the layers it replaced, and `evaluate` runs them through their reference
+tactics. `emit` renders the same ops as Triton statements over FP32 (and boolean) values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kiln.engine.ir.dtypes import dtype_from_name
+from kiln.engine.ir.network import Layer
+from kiln.engine.kernels.elementwise import BINARY_TRITON
+from kiln.engine.kernels.pointwise import UNARY_TRITON
+from kiln.engine.kernels.registry import REFERENCE, RunContext, get_tactic
+
+OP_KINDS = frozenset({"unary", "binary", "where", "cast", "copy"})
+# dtypes a generated kernel loads and stores: floats are computed in FP32, booleans as int1.
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+VALUE_DTYPES = (*FLOAT_DTYPES, torch.bool)
+_TRITON_FLOAT = {"float16": "tl.float16", "bfloat16": "tl.bfloat16", "float32": "tl.float32"}
+
+
+@dataclass(frozen=True)
+class Program:
+    num_inputs: int
+    ops: tuple[dict, ...]
+    outputs: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        return {"num_inputs": self.num_inputs, "ops": [dict(op) for op in self.ops], "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Program:
+        return cls(int(data["num_inputs"]), tuple(dict(op) for op in data["ops"]), tuple(int(o) for o in data["outputs"]))
+
+
+def is_generatable(layer: Layer) -> bool:
+    """Whether one layer's arithmetic has a Triton form (its tensors' dtypes are checked by the caller)."""
+    a = layer.attrs
+    if layer.kind == "unary":
+        return a.get("op") in UNARY_TRITON and all(_finite(v) for k, v in a.items() if k != "op")
+    if layer.kind == "binary":
+        if a.get("op") not in BINARY_TRITON or a.get("alpha", 1) != 1 and a.get("op") not in ("add", "sub"):
+            return False
+        # A scalar from a dynamic size is a symbol expression evaluated per call: not a literal.
+        return layer.inputs[1] is not None or (isinstance(a.get("scalar"), (int, float)) and _finite(a["scalar"]))
+    if layer.kind == "cast":
+        return dtype_from_name(a["dtype"]) in VALUE_DTYPES
+    return layer.kind in ("where", "copy")
+
+
+def _finite(value) -> bool:
+    return value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or math.isfinite(value)
+
+
+def evaluate(program: Program, inputs: Sequence[torch.Tensor | None], run: RunContext) -> list[torch.Tensor]:
+    """The program run op by op through each op's reference tactic: what the unfused layers computed."""
+    values = list(inputs)
+    for op in program.ops:
+        layer = Layer(op["kind"], op["kind"], [None] * len(op["args"]), [""], op["attrs"])
+        args = [values[i] if i is not None else None for i in op["args"]]
+        if op["kind"] == "binary" and len(args) == 1:
+            args.append(None)  # the scalar operand lives in attrs
+            layer.inputs = [None, None]
+        values.append(get_tactic(op["kind"], REFERENCE).fn(layer, args, run))
+    return [values[i] for i in program.outputs]
+
+
+def emit(
+    program: Program, input_exprs: Sequence[str], input_is_bool: Sequence[bool] = (), prefix: str = "v"
+) -> tuple[list[str], list[str]]:
+    """Triton statements computing the program from already-loaded inputs, and the names of its outputs.
+
+    `input_exprs` are expressions of the template (a variable, a tl.load(...) text); floats must
+    already be FP32. The statements assign `{prefix}{i}` for every value, so a template can put
+    them anywhere in its body (indented by the caller) and store the returned names.
+    """
+    bools = list(input_is_bool) or [False] * program.num_inputs
+    names = [f"{prefix}{i}" for i in range(program.num_inputs + len(program.ops))]
+    lines = [f"{names[i]} = {expr}" for i, expr in enumerate(input_exprs)]
+    for k, op in enumerate(program.ops):
+        args = [names[i] for i in op["args"]]
+        text, is_bool = _op_text(op, args, [bools[i] for i in op["args"]])
+        lines.append(f"{names[program.num_inputs + k]} = {text}")
+        bools.append(is_bool)
+    return lines, [names[i] for i in program.outputs]
+
+
+def output_is_bool(program: Program, input_is_bool: Sequence[bool]) -> list[bool]:
+    bools = list(input_is_bool)
+    for op in program.ops:
+        bools.append(_op_text(op, ["x"] * len(op["args"]), [bools[i] for i in op["args"]])[1])
+    return [bools[i] for i in program.outputs]
+
+
+def _op_text(op: dict, args: list[str], arg_bools: list[bool]) -> tuple[str, bool]:
+    kind, a = op["kind"], op["attrs"]
+    if kind == "unary":
+        return f"({UNARY_TRITON[a['op']](args[0], a)})", False
+    if kind == "binary":
+        lhs = _as_float(args[0], arg_bools[0])
+        rhs = _as_float(args[1], arg_bools[1]) if len(args) > 1 else repr(float(a["scalar"]))
+        alpha = a.get("alpha", 1)
+        if alpha != 1:
+            rhs = f"({rhs} * {float(alpha)!r})"
+        return f"({BINARY_TRITON[a['op']](lhs, rhs)})", a["op"] in _BOOL_RESULTS
+    if kind == "where":
+        return f"tl.where({args[0]}, {_as_float(args[1], arg_bools[1])}, {_as_float(args[2], arg_bools[2])})", False
+    if kind == "cast":
+        dtype = a["dtype"]
+        if dtype == "bool":
+            return (args[0] if arg_bools[0] else f"({args[0]} != 0.0)"), True
+        value = _as_float(args[0], arg_bools[0])
+        # A cast to a narrower float is a real rounding the model asked for: keep it.
+        return (value if dtype == "float32" else f"{value}.to({_TRITON_FLOAT[dtype]}).to(tl.float32)"), False
+    if kind == "copy":
+        return args[0], arg_bools[0]
+    raise KeyError(f"no Triton form for layer kind {kind!r}")
+
+
+_BOOL_RESULTS = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or"})
+
+
+def _as_float(name: str, is_bool: bool) -> str:
+    return f"{name}.to(tl.float32)" if is_bool else name

@@ -1,0 +1,149 @@
+"""Pointwise fusion: connected groups of element-wise layers become one `fused_pointwise` layer.
+
+Any layer whose arithmetic has a Triton form (codegen.is_generatable: every unary and binary
+op of the vocabulary, where, casts between floats and booleans, copies) and whose tensors are
+floats or booleans may join a group. Groups grow in layer order: a layer joins the groups of
+the layers that make its inputs, when the merged group stays valid:
+- every value the group hands out (read by a layer outside it, or a network output) has the
+  group's full shape, and every value inside broadcasts to it: a smaller intermediate (the
+  sigmoid of a [N, C, 1, 1] squeeze-excite vector) is recomputed per element rather than
+  written, which costs arithmetic on data already in registers;
+- the fused layer takes the place of the group's last layer, so no outside reader of a group
+  value may come before that place;
+- at most MAX_OPS ops and MAX_INPUTS inputs, so the generated kernel stays small.
+A group of one layer is left alone: it gains nothing from a generated kernel. Whether the
+fused kernel beats the separate ATen kernels is still measured: the builder times the
+generated tactic against the reference, which runs the same ops one by one.
+
+Runs after precision assignment (the dtypes, and the boundary casts it inserts, are final
+and join groups like any cast) and before layout assignment.
+"""
+
+from __future__ import annotations
+
+from itertools import count
+
+from kiln.engine.ir.dtypes import dtype_name
+from kiln.engine.ir.network import Layer, Network
+from kiln.engine.ir.symbolic import Dim
+from kiln.engine.kernels.codegen.program import OP_KINDS, VALUE_DTYPES, Program, is_generatable
+from kiln.engine.optimize import OptimizeContext, optimize_pass
+
+MAX_OPS = 32
+MAX_INPUTS = 8
+
+
+@optimize_pass
+def fuse_pointwise(network: Network, ctx: OptimizeContext) -> Network:
+    if ctx.settings.device.type != "cuda":
+        return network
+    return fuse_pointwise_groups(network)
+
+
+def fuse_pointwise_groups(network: Network) -> Network:
+    """The pass itself, device-independent (tests run it on CPU-built networks)."""
+    groups = _find_groups(network)
+    if not groups:
+        return network
+    replaced: dict[str, Layer] = {}
+    gone: set[str] = set()
+    for group in groups:
+        fused = _fused_layer(network, group)
+        replaced[group[-1].name] = fused
+        gone |= {layer.name for layer in group[:-1]}
+    network.layers = [replaced.get(layer.name, layer) for layer in network.layers if layer.name not in gone]
+    return network
+
+
+def _fusable(layer: Layer, network: Network) -> bool:
+    if layer.kind not in OP_KINDS or len(layer.outputs) != 1:
+        return False
+    names = [n for n in (*layer.inputs, *layer.outputs) if n is not None]
+    return all(network.tensors[n].dtype in VALUE_DTYPES for n in names) and is_generatable(layer)
+
+
+def _find_groups(network: Network) -> list[list[Layer]]:
+    producer = network.producer()
+    readers = network.consumers()
+    position = {layer.name: i for i, layer in enumerate(network.layers)}
+    outputs = set(network.outputs)
+    group_of: dict[str, int] = {}
+    members: dict[int, list[Layer]] = {}
+    new_id = count()
+    for layer in network.layers:
+        if not _fusable(layer, network):
+            continue
+        feeding = []
+        for n in layer.inputs:
+            made_by = producer.get(n) if n is not None else None
+            if made_by is not None and made_by.name in group_of and group_of[made_by.name] not in feeding:
+                feeding.append(group_of[made_by.name])
+        chosen = None
+        # Prefer joining every feeding group at once, then each alone.
+        for ids in ([feeding] if len(feeding) > 1 else []) + [[g] for g in feeding]:
+            candidate = [m for g in ids for m in members[g]] + [layer]
+            if _valid(candidate, network, readers, position, outputs):
+                chosen = ids
+                break
+        gid = chosen[0] if chosen else next(new_id)
+        merged = [m for g in (chosen or []) for m in members.pop(g)] + [layer]
+        merged.sort(key=lambda m: position[m.name])
+        members[gid] = merged
+        for m in merged:
+            group_of[m.name] = gid
+    return [g for g in members.values() if len(g) > 1]
+
+
+def _valid(group: list[Layer], network: Network, readers, position, outputs) -> bool:
+    names = {m.name for m in group}
+    last = max(position[m.name] for m in group)
+    made = {o for m in group for o in m.outputs}
+    external_inputs = {n for m in group for n in m.inputs if n is not None and n not in made}
+    if len(group) > MAX_OPS or len(external_inputs) > MAX_INPUTS:
+        return False
+    handed_out = []
+    for value in made:
+        outside = [r for r in readers.get(value, []) if r.name not in names]
+        if any(position[r.name] < last for r in outside):
+            return False
+        if outside or value in outputs:
+            handed_out.append(value)
+    if not handed_out:
+        return False
+    shape = list(network.tensors[handed_out[0]].shape)
+    if any(list(network.tensors[v].shape) != shape for v in handed_out):
+        return False
+    return all(_broadcasts_to(network.tensors[n].shape, shape) for n in (*made, *external_inputs))
+
+
+def _broadcasts_to(small: list[Dim], full: list[Dim]) -> bool:
+    if len(small) > len(full):
+        return False
+    return all(s == f or s == 1 for s, f in zip(reversed(list(small)), reversed(list(full))))
+
+
+def _fused_layer(network: Network, group: list[Layer]) -> Layer:
+    readers = network.consumers()
+    names = {m.name for m in group}
+    made = [o for m in group for o in m.outputs]
+    inputs: list[str] = []
+    for m in group:
+        for n in m.inputs:
+            if n is not None and n not in made and n not in inputs:
+                inputs.append(n)
+    number = {n: i for i, n in enumerate(inputs)}
+    ops = []
+    for m in group:
+        args = [number[n] for n in m.inputs if n is not None]
+        ops.append({"kind": m.kind, "op": m.attrs.get("op", m.kind), "args": args, "attrs": dict(m.attrs)})
+        number[m.outputs[0]] = len(inputs) + len(ops) - 1
+    outs = [o for o in made if o in network.outputs or any(r.name not in names for r in readers.get(o, []))]
+    program = Program(len(inputs), tuple(ops), tuple(number[o] for o in outs))
+    attrs = {
+        "program": program.to_json(),
+        "out_dtypes": [dtype_name(network.tensors[o].dtype) for o in outs],
+        "fused_ops": [f"{m.kind}:{m.attrs.get('op', m.attrs.get('dtype', ''))}" for m in group],
+    }
+    last = group[-1]
+    source = " + ".join(s for s in (m.source for m in group) if s)
+    return Layer("fused_pointwise", last.name, inputs, outs, attrs, last.precision, source)
