@@ -38,6 +38,14 @@ _SIMPLE = {
     aten.expm1.default: "expm1",
     aten.tan.default: "tan",
     aten.atan.default: "atan",
+    aten.log10.default: "log10",
+    aten.asin.default: "asin",
+    aten.acos.default: "acos",
+    aten.asinh.default: "asinh",
+    aten.acosh.default: "acosh",
+    aten.atanh.default: "atanh",
+    aten.sinh.default: "sinh",
+    aten.cosh.default: "cosh",
 }
 
 

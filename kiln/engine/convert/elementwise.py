@@ -53,6 +53,11 @@ _BINARY = {
     aten.bitwise_or.Scalar: "bitwise_or",
     aten.bitwise_xor.Tensor: "bitwise_xor",
     aten.bitwise_xor.Scalar: "bitwise_xor",
+    # Scalar first (5 & x): the scalar becomes a 0-d constant, which promotes as the scalar would.
+    aten.bitwise_and.Scalar_Tensor: "bitwise_and",
+    aten.bitwise_or.Scalar_Tensor: "bitwise_or",
+    aten.bitwise_xor.Scalar_Tensor: "bitwise_xor",
+    aten.atan2.default: "atan2",
 }
 
 _DIV_MODES = {None: "div", "floor": "div_floor", "trunc": "div_trunc"}

@@ -61,21 +61,24 @@ def convert_embedding(ctx, node):
     return ctx.add("index_select", [ctx.tensor(weight), ctx.tensor(indices)], {"dim": 0})
 
 
-def _single_index(node):
-    indices = node.args[1]
-    used = [i for i in indices if i is not None]
-    if len(used) != 1:
-        return f"indexing with {len(used)} index tensors"
-    if used[0].meta["val"].dtype in (torch.bool, torch.uint8):
+def _index_check(node):
+    indices = [i for i in node.args[1] if i is not None]
+    if not indices:
+        return "indexing without an index tensor"
+    if any(i.meta["val"].dtype in (torch.bool, torch.uint8) for i in indices):
+        # The output has as many rows as the mask has True values: see docs/coverage.md.
         return "indexing with a boolean mask (data-dependent output shape)"
     return None
 
 
-@converter(aten.index.Tensor, supports=_single_index)
+@converter(aten.index.Tensor, supports=_index_check)
 def convert_index(ctx, node):
     x, indices = node.args
-    dim = next(i for i, index in enumerate(indices) if index is not None)
-    return ctx.add("index_select", [ctx.tensor(x), ctx.tensor(indices[dim])], {"dim": dim})
+    used = [d for d, index in enumerate(indices) if index is not None]
+    if len(used) == 1:
+        return ctx.add("index_select", [ctx.tensor(x), ctx.tensor(indices[used[0]])], {"dim": used[0]})
+    # Several index tensors broadcast together and pick one element per index tuple (x[i, j]).
+    return ctx.add("index", [ctx.tensor(x), *(ctx.tensor(indices[d]) for d in used)], {"dims": used})
 
 
 @converter(aten.gather.default)

@@ -68,17 +68,26 @@ def _concat_dim(node) -> int:
     return dim % node.meta["val"].dim()
 
 
+def _is_skipped_by_cat(t) -> bool:
+    # torch.cat skips 1-D empty tensors whatever the rank of the others (a legacy rule HF caches rely on).
+    shape = t.meta["val"].shape
+    return len(shape) == 1 and isinstance(shape[0], int) and shape[0] == 0
+
+
 def _concat_check(node):
     rank = node.meta["val"].dim()
-    # torch.cat skips 1-D empty tensors whatever the rank of the others (a legacy rule).
-    if any(t.meta["val"].dim() != rank for t in node.args[0]):
+    if any(t.meta["val"].dim() != rank and not _is_skipped_by_cat(t) for t in node.args[0]):
         return "cat of tensors of different ranks"
     return None
 
 
 @converter(aten.cat.default, supports=_concat_check)
 def convert_cat(ctx, node):
-    return ctx.add("concat", [ctx.tensor(t) for t in node.args[0]], {"dim": _concat_dim(node)})
+    rank = node.meta["val"].dim()
+    kept = [t for t in node.args[0] if t.meta["val"].dim() == rank or not _is_skipped_by_cat(t)]
+    if len(kept) == 1:
+        return ctx.add("copy", [ctx.tensor(kept[0])])
+    return ctx.add("concat", [ctx.tensor(t) for t in kept], {"dim": _concat_dim(node)})
 
 
 @converter(aten.split_with_sizes.default, aten.split.Tensor)
