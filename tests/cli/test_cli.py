@@ -168,3 +168,9 @@ def test_kiln_demo_through_the_cli(capsys):
 
     assert main(["demo", "--batch", "1", "--size", "32", "--device", "cpu"]) == 0
     assert "Demo OK." in capsys.readouterr().out
+
+
+def test_serve_binds_localhost_unless_told():
+    result = run("serve", "--help")
+    assert result.exit_code == 0
+    assert "127.0.0.1" in result.output
