@@ -191,6 +191,12 @@ def flat_inputs(batch, captured, device) -> list[torch.Tensor]:
     for value, s in zip(flat, specs):
         if not isinstance(value, torch.Tensor):
             raise KilnError(f"calibration input {s.name!r} is a {type(value).__name__}, not a tensor.")
+        if value.dim() != len(s.min_shape) or any(not lo <= d <= hi for d, lo, hi in zip(value.shape, s.min_shape, s.max_shape)):
+            raise KilnError(
+                f"calibration input {s.name!r} has shape {tuple(value.shape)}, outside what the model was compiled for "
+                f"({s.describe()}). Calibrate with batches of that shape, or compile with a range, "
+                "e.g. kiln.Input(min_shape=..., opt_shape=..., max_shape=...)."
+            )
         value = value.to(device)
         if value.dtype != s.dtype and value.dtype.is_floating_point and s.dtype.is_floating_point:
             value = value.to(s.dtype)

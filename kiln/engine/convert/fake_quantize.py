@@ -13,19 +13,37 @@ from kiln.engine.convert.registry import converter
 aten = torch.ops.aten
 
 
+# Creation ops with literal arguments (torch.zeros(n, dtype=torch.int32) for the zero points) are
+# not folded by lowering (they have no inputs), but their values are known at compile time.
+CREATION_OPS = frozenset({aten.full.default, aten.zeros.default, aten.ones.default, aten.scalar_tensor.default})
+
+
+def _is_static(value) -> bool:
+    if not isinstance(value, torch.fx.Node):
+        return True
+    return value.op == "get_attr" or (value.target in CREATION_OPS and not value.all_input_nodes)
+
+
 def _qparams_are_constants(node):
-    scale, zero_point = node.args[1], node.args[2]
-    for value in (scale, zero_point):
-        if isinstance(value, torch.fx.Node) and value.op != "get_attr":
-            return "fake-quantize whose scale or zero point is computed at run time"
+    if not all(_is_static(v) for v in node.args[1:3]):
+        return "fake-quantize whose scale or zero point is computed at run time"
     return None
 
 
-def _constant_number(ctx, value):
+def _static_tensor(ctx, value):
+    """A scale or zero point as a constant tensor (a weight, or a creation op evaluated now), or a Python number."""
+    if not isinstance(value, torch.fx.Node):
+        return value
     const = ctx.constant_value(value)
-    if const is not None:
-        return const.reshape(-1)[0].item()
-    return value
+    if const is None:
+        kwargs = {**value.kwargs, "device": "cpu"}
+        const = value.target(*value.args, **kwargs)
+    return const
+
+
+def _constant_number(ctx, value):
+    const = _static_tensor(ctx, value)
+    return const.reshape(-1)[0].item() if isinstance(const, torch.Tensor) else value
 
 
 def _per_tensor(ctx, node, outputs=None):
@@ -43,7 +61,8 @@ def _per_tensor(ctx, node, outputs=None):
 def _per_channel(ctx, node, outputs=None):
     x, scale, zero_point, axis, qmin, qmax = node.args[:6]
     attrs = {"axis": int(axis), "qmin": int(qmin), "qmax": int(qmax)}
-    return ctx.add("fake_quantize", [ctx.tensor(x), ctx.tensor(scale), ctx.tensor(zero_point)], attrs, outputs=outputs)
+    scale, zero_point = (ctx.constant(_static_tensor(ctx, v), "qparam") for v in (scale, zero_point))
+    return ctx.add("fake_quantize", [ctx.tensor(x), scale, zero_point], attrs, outputs=outputs)
 
 
 @converter(
@@ -53,7 +72,7 @@ def convert_fake_quantize_per_tensor(ctx, node):
     return _per_tensor(ctx, node)
 
 
-@converter(aten.fake_quantize_per_tensor_affine_cachemask.default)
+@converter(aten.fake_quantize_per_tensor_affine_cachemask.default, supports=_qparams_are_constants)
 def convert_fake_quantize_per_tensor_cachemask(ctx, node):
     # The mask (output 1) is for the backward pass; inference graphs never read it.
     return _per_tensor(ctx, node, outputs=[ctx.output_specs()[0], None])
