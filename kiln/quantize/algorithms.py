@@ -60,23 +60,34 @@ def entropy(histogram: TensorHistogram, options: dict) -> float:
     nbins = len(hist)
     if nbins <= QUANT_LEVELS:
         return histogram.amax
+    # Coarse to fine: every 16th threshold, then each one around the best (TensorRT tries each one).
     best_kl, best_i = np.inf, nbins
-    for i in range(QUANT_LEVELS, nbins + 1):
-        p = hist[:i].copy()
-        p[i - 1] += hist[i:].sum()
-        nonzero = p > 0
-        # Merge the i bins into 128 levels, then spread each level's mass evenly over its non-empty bins.
-        edges = np.linspace(0, i, QUANT_LEVELS + 1).astype(np.int64)
-        q = np.zeros(i)
-        level_mass = np.add.reduceat(hist[:i], edges[:-1])
-        level_nonzero = np.add.reduceat(nonzero.astype(np.float64), edges[:-1])
-        level_of_bin = np.repeat(np.arange(QUANT_LEVELS), np.diff(edges))
-        spread = np.divide(level_mass, level_nonzero, out=np.zeros(QUANT_LEVELS), where=level_nonzero > 0)
-        q[nonzero] = spread[level_of_bin][nonzero]
-        kl = _kl(p, q)
+    coarse = list(range(QUANT_LEVELS, nbins + 1, 16))
+    for i in coarse:
+        kl = _kl_at(hist, i)
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    for i in range(max(QUANT_LEVELS, best_i - 15), min(nbins, best_i + 15) + 1):
+        kl = _kl_at(hist, i)
         if kl < best_kl:
             best_kl, best_i = kl, i
     return (best_i + 0.5) * width
+
+
+def _kl_at(hist: np.ndarray, i: int) -> float:
+    """KL divergence between the histogram clipped at bin i and its 128-level quantization."""
+    p = hist[:i].copy()
+    p[i - 1] += hist[i:].sum()
+    nonzero = p > 0
+    # Merge the i bins into 128 levels, then spread each level's mass evenly over its non-empty bins.
+    edges = np.linspace(0, i, QUANT_LEVELS + 1).astype(np.int64)
+    q = np.zeros(i)
+    level_mass = np.add.reduceat(hist[:i], edges[:-1])
+    level_nonzero = np.add.reduceat(nonzero.astype(np.float64), edges[:-1])
+    level_of_bin = np.repeat(np.arange(QUANT_LEVELS), np.diff(edges))
+    spread = np.divide(level_mass, level_nonzero, out=np.zeros(QUANT_LEVELS), where=level_nonzero > 0)
+    q[nonzero] = spread[level_of_bin][nonzero]
+    return _kl(p, q)
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:

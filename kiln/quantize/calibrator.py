@@ -78,7 +78,7 @@ class DataLoaderCalibrator(Calibrator):
         percentile: float = 99.99,
         max_batches: int | None = None,
         progress: bool = True,
-        guard_batches: int = 4,
+        guard_batches: int = 2,
         device=None,  # accepted for Torch-TensorRT compatibility: calibration runs on the compile device
     ):
         self.dataloader = dataloader

@@ -40,9 +40,18 @@ def dequantize(q: torch.Tensor, scale, zero_point: int = 0) -> torch.Tensor:
     return (q.float() - zero_point) * scale
 
 
-def integer_values(q: torch.Tensor, zero_point: int = 0) -> torch.Tensor:
-    """The 8-bit values (minus the zero point) as float64: exact operands for the accumulation."""
-    return q.double() - zero_point
+# Every partial sum of K products of |a| <= 255 and |b| <= 128 is an integer below 2^24, exact in FP32, when K <= 513.
+FP32_EXACT_K = (1 << 24) // (255 * 128)
+
+
+def accumulation_dtype(q: torch.Tensor, k: int) -> torch.dtype:
+    """FP32 where it is provably exact (much faster on a CPU), else float64 (exact for any K below 2^37)."""
+    return torch.float32 if q.dtype == torch.int8 and k <= FP32_EXACT_K else torch.float64
+
+
+def integer_values(q: torch.Tensor, zero_point: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The 8-bit values (minus the zero point) as floats that the accumulation computes on exactly."""
+    return q.to(dtype) - zero_point
 
 
 def per_channel_weight(w: torch.Tensor, axis: int, qdtype: str) -> tuple[torch.Tensor, list[float]]:

@@ -20,7 +20,7 @@ import torch
 
 from kiln.engine.kernels.pointwise import UNARY_OPS
 from kiln.engine.kernels.registry import reference
-from kiln.quantize.numerics import finish, integer_values, quantize
+from kiln.quantize.numerics import accumulation_dtype, finish, integer_values, quantize
 
 
 def apply_activation(name: str, y: torch.Tensor, attrs: dict) -> torch.Tensor:
@@ -34,8 +34,9 @@ def quantize_reference(layer, inputs, run):
 
 
 def conv_accumulator(x: torch.Tensor, w: torch.Tensor, attrs: dict) -> torch.Tensor:
-    xv = integer_values(x, attrs.get("x_zero_point", 0))
-    wv = integer_values(w)
+    dtype = accumulation_dtype(x, w[0].numel())
+    xv = integer_values(x, attrs.get("x_zero_point", 0), dtype)
+    wv = integer_values(w, 0, dtype)
     return torch.ops.aten.convolution(xv, wv, None, attrs["stride"], attrs["padding"], attrs["dilation"], False, [0, 0], attrs["groups"])
 
 
@@ -48,7 +49,8 @@ def qconv_reference(layer, inputs, run):
 @reference("qlinear")
 def qlinear_reference(layer, inputs, run):
     x, w, bias, residual = inputs
-    acc = integer_values(x, layer.attrs.get("x_zero_point", 0)) @ integer_values(w).t()
+    dtype = accumulation_dtype(x, w.shape[1])
+    acc = integer_values(x, layer.attrs.get("x_zero_point", 0), dtype) @ integer_values(w, 0, dtype).t()
     return finish(acc, layer.attrs, -1, bias, residual, apply_activation)
 
 
@@ -56,7 +58,8 @@ def qlinear_reference(layer, inputs, run):
 def qmatmul_reference(layer, inputs, run):
     a, b, bias, residual = inputs
     attrs = layer.attrs
-    acc = integer_values(a, attrs.get("x_zero_point", 0)) @ integer_values(b, attrs.get("w_zero_point", 0))
+    dtype = accumulation_dtype(a, a.shape[-1])
+    acc = integer_values(a, attrs.get("x_zero_point", 0), dtype) @ integer_values(b, attrs.get("w_zero_point", 0), dtype)
     return finish(acc, attrs, -1, bias, residual, apply_activation)
 
 
