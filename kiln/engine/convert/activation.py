@@ -2,7 +2,7 @@
 
 import torch
 
-from kiln.engine.convert.registry import converter
+from kiln.engine.convert.registry import converter, node_arguments
 from kiln.engine.ir.symbolic import shape_of
 
 aten = torch.ops.aten
@@ -124,3 +124,27 @@ def convert_clamp(ctx, node):
         hi = args[2] if args[2] is not None else node.kwargs.get("max")
     op = "relu6" if lo == 0 and hi == 6 else "clamp"
     return ctx.add("unary", [ctx.tensor(node.args[0])], {"op": op, "min": _scalar_or_none(lo), "max": _scalar_or_none(hi)})
+
+
+@converter(aten.clamp_min.Tensor, aten.clamp_max.Tensor)
+def convert_clamp_one_tensor_bound(ctx, node):
+    op = "maximum" if node.target is aten.clamp_min.Tensor else "minimum"
+    return ctx.add("binary", [ctx.tensor(node.args[0]), ctx.tensor(node.args[1])], {"op": op})
+
+
+def _inference_dropout(node):
+    a = node_arguments(node)
+    if a["train"] and a["p"] != 0:
+        return "dropout in training mode (random masks; compile the module in eval mode)"
+    return None
+
+
+@converter(aten.native_dropout.default, supports=_inference_dropout)
+def convert_native_dropout(ctx, node):
+    # At inference dropout passes its input through and keeps every element (mask all True).
+    a = node_arguments(node)
+    out_spec, mask_spec = ctx.output_specs()
+    out = ctx.add("copy", [ctx.tensor(a["input"])], outputs=[out_spec, None])[0]
+    keep = ctx.constant(torch.ones((), dtype=torch.bool), "dropout_mask")
+    mask = ctx.add("expand", [keep], {"shape": mask_spec[0]}, outputs=[None, mask_spec])[1]
+    return [out, mask]

@@ -25,3 +25,14 @@ def convert_to_copy(ctx, node):
 @converter(aten.clone.default)
 def convert_clone(ctx, node):
     return ctx.add("copy", [ctx.tensor(node.args[0])])
+
+
+@converter(aten.copy.default)
+def convert_copy(ctx, node):
+    # copy(self, src) is src broadcast to self's shape in self's dtype (the functional form of self.copy_(src)).
+    self_, src = node.args[:2]
+    ((shape, dtype),) = ctx.output_specs()
+    value = ctx.tensor(src)
+    if value.dtype != dtype:
+        value = ctx.add_like("cast", [value], value.shape, dtype, {"dtype": dtype_name(dtype)})
+    return ctx.add("expand", [value], {"shape": shape})

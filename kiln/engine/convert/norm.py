@@ -18,7 +18,7 @@ def _only_normalised_output(node):
     """The batch-norm ops also return saved statistics (and updated running stats): the engine makes output 0 only."""
     for user in node.users:
         if user.target is not operator.getitem or user.args[1] != 0:
-            return "uses the batch statistics outputs of batch norm (only the normalised output is supported)"
+            return "uses the statistics outputs of the norm (only the normalised output is supported)"
     return None
 
 
@@ -90,3 +90,18 @@ def convert_instance_norm(ctx, node):
         # With input statistics the running stats would only be updated, never read: keep them out of the engine.
         a = {**a, "running_mean": None, "running_var": None}
     return _add_norm(ctx, "instance", a, {"use_input_stats": bool(a["use_input_stats"]), "eps": a["eps"]})
+
+
+@converter(aten.native_layer_norm.default, supports=_only_normalised_output)
+def convert_native_layer_norm(ctx, node):
+    # The mean and rstd outputs are for the backward pass; a graph that reads them stays in PyTorch.
+    a = node_arguments(node)
+    attrs = {"shape": list(ctx.value(list(a["normalized_shape"]))), "eps": a["eps"]}
+    return _add_norm(ctx, "layer", a, attrs, _first_output_only(ctx))
+
+
+@converter(aten.native_group_norm.default, supports=_only_normalised_output)
+def convert_native_group_norm(ctx, node):
+    # N, C and HxW only restate the input's shape, which the layer reads itself.
+    a = node_arguments(node)
+    return _add_norm(ctx, "group", a, {"groups": int(a["group"]), "eps": a["eps"]}, _first_output_only(ctx))

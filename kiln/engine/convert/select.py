@@ -4,10 +4,12 @@ Bounds and indices may be SymInt nodes (x[: x.shape[0] // 2]); they become symbo
 expressions through ctx.value, so the example size never gets baked in.
 """
 
+import operator
+
 import torch
 from torch.fx import Node
 
-from kiln.engine.convert.registry import converter
+from kiln.engine.convert.registry import converter, node_arguments
 
 aten = torch.ops.aten
 
@@ -85,3 +87,21 @@ def convert_index(ctx, node):
 def convert_gather(ctx, node):
     x, dim, index = node.args[:3]
     return ctx.add("gather", [ctx.tensor(x), ctx.tensor(index)], {"dim": _dim(node, dim)})
+
+
+def _embedding_bag_check(node):
+    if any(user.target is not operator.getitem or user.args[1] != 0 for user in node.users):
+        return "uses the bookkeeping outputs of embedding_bag (only the pooled output is supported)"
+    a = node_arguments(node)
+    if a["per_sample_weights"] is not None and a["mode"] != 0:
+        return "per_sample_weights with a mode other than sum"
+    return None
+
+
+@converter(aten._embedding_bag.default, aten._embedding_bag_forward_only.default, supports=_embedding_bag_check)
+def convert_embedding_bag(ctx, node):
+    a = node_arguments(node)
+    inputs = [ctx.tensor(a["weight"]), ctx.tensor(a["indices"]), ctx.tensor(a["offsets"]), ctx.maybe_tensor(a["per_sample_weights"])]
+    attrs = {"mode": int(a["mode"]), "include_last_offset": bool(a["include_last_offset"]), "padding_idx": int(a["padding_idx"])}
+    specs = ctx.output_specs()
+    return ctx.add("embedding_bag", inputs, attrs, outputs=[specs[0]] + [None] * (len(specs) - 1))
