@@ -22,12 +22,12 @@ import torch
 
 from kiln.engine.ir.dtypes import dtype_name
 from kiln.engine.ir.network import Layer, Network
-from kiln.engine.kernels.triton_epilogue import ACTIVATIONS
+from kiln.engine.kernels.pointwise import UNARY_TRITON
 from kiln.quantize.numerics import INT8_MAX, STORAGE, per_channel_weight, quantize, scale_from_amax
 
 CANDIDATE_KINDS = frozenset({"conv", "conv_epilogue", "linear", "matmul"})
-# What the kernels' shared epilogue computes after the residual add.
-ABSORBED_ACTIVATIONS = frozenset(a for a in ACTIVATIONS if a is not None)
+# What the kernels' generated epilogue can compute after the residual add: every op of the vocabulary.
+ABSORBED_ACTIVATIONS = frozenset(UNARY_TRITON)
 QUANTIZED_KINDS = {"conv": "qconv", "conv_epilogue": "qconv", "linear": "qlinear", "matmul": "qmatmul"}
 
 
@@ -254,7 +254,8 @@ def _absorb_epilogues(network: Network, made: list[Layer]) -> None:
                 last = add.outputs[0]
         if q.attrs.get("activation") is None:
             act = only_reader(last)
-            if act is not None and act.kind == "unary" and act.attrs.get("op") in ABSORBED_ACTIVATIONS:
+            same_dtype = act is not None and network.tensors[act.outputs[0]].dtype == network.tensors[last].dtype
+            if same_dtype and act.kind == "unary" and act.attrs.get("op") in ABSORBED_ACTIVATIONS:
                 q.attrs["activation"] = act.attrs["op"]
                 q.attrs["activation_attrs"] = {k: v for k, v in act.attrs.items() if k != "op"}
                 gone.add(act.name)
