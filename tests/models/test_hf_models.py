@@ -8,7 +8,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from tests.helpers import check_against_eager  # noqa: E402
+import kiln  # noqa: E402
+from tests.helpers import assert_outputs_match, check_against_eager  # noqa: E402
 
 VOCAB = 100
 TEXT = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "vocab_size": VOCAB}
@@ -81,3 +82,28 @@ def test_hf_model_is_one_engine_block_and_matches_eager(make):
     model, args = make()
     compiled = check_against_eager(model.eval(), *args)
     assert len(compiled.report.blocks) == 1, compiled.report.table()
+
+
+class LastHiddenState(torch.nn.Module):
+    """With use_cache=True the model also returns its cache object; the test reads the hidden states."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return self.model(ids, use_cache=True).last_hidden_state
+
+
+def test_gpt2_with_its_cache_code_over_a_range_from_one_token():
+    # The cache code concatenates a 1-D empty tensor with the keys (torch.cat skips it).
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64)
+    model = LastHiddenState(transformers.GPT2Model(config)).eval()
+    spec = kiln.Input(min_shape=(1, 1), opt_shape=(2, 8), max_shape=(4, 32), dtype=torch.int64)
+    compiled = kiln.compile(model, [spec], require_full_compilation=True)
+    assert len(compiled.report.blocks) == 1
+    for shape in [(1, 1), (3, 17), (4, 32)]:
+        ids = torch.randint(0, VOCAB, shape)
+        with torch.no_grad():
+            assert_outputs_match(compiled(ids), model(ids))
