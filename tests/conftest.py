@@ -35,7 +35,8 @@ def _interpreter_libdevice() -> None:
     table = {
         "tanh": np.tanh, "erf": erf, "expm1": np.expm1, "log1p": np.log1p, "rint": np.rint, "trunc": np.trunc,
         "floor": np.floor, "ceil": np.ceil, "tan": np.tan, "atan": np.atan, "rsqrt": lambda x: 1.0 / np.sqrt(x),
-        "fmod": np.fmod, "pow": np.power,
+        "fmod": np.fmod, "pow": np.power, "acos": np.arccos, "asin": np.arcsin, "acosh": np.arccosh, "asinh": np.arcsinh,
+        "atanh": np.arctanh, "sinh": np.sinh, "cosh": np.cosh, "log10": np.log10, "atan2": np.arctan2,
     }  # fmt: skip
     for name, fn in table.items():
         setattr(libdevice, name, lift(fn))

@@ -6,10 +6,9 @@ passes it to cudnnConvolutionBiasActivationForward-style epilogues where it can)
 """
 
 import torch
-import torch.nn.functional as F
 
-from kiln.engine.kernels.pointwise import UNARY_OPS
 from kiln.engine.kernels.registry import reference, tactic
+from kiln.engine.kernels.triton_epilogue import apply_activation, finish_in_place
 
 
 def _is_conv2d(layer, target) -> bool:
@@ -41,7 +40,7 @@ def _conv(x, w, b, a):
 def _epilogue(y, residual, a):
     if residual is not None:
         y = y + residual
-    return y if a["activation"] is None else UNARY_OPS[a["activation"]](y, a)
+    return apply_activation(y, a)
 
 
 @reference("conv_epilogue")
@@ -54,21 +53,8 @@ def conv_epilogue_reference(layer, inputs, run):
 def conv_epilogue_nhwc(layer, inputs, run):
     x, w, b, residual = inputs
     y = _conv(x.contiguous(memory_format=torch.channels_last), w, b, layer.attrs)
-    if residual is not None:
-        y += residual
-    # y is this layer's own fresh output: the activation may overwrite it rather than allocate another.
-    in_place = _IN_PLACE.get(layer.attrs["activation"])
-    return in_place(y) if in_place is not None else _epilogue(y, None, layer.attrs)
-
-
-_IN_PLACE = {
-    None: lambda y: y,
-    "relu": torch.relu_,
-    "silu": lambda y: F.silu(y, inplace=True),
-    "hardswish": lambda y: F.hardswish(y, inplace=True),
-    "sigmoid": torch.sigmoid_,
-    "relu6": lambda y: F.relu6(y, inplace=True),
-}
+    # y is this layer's own fresh output: residual and activation overwrite it in one generated pass.
+    return finish_in_place(y, residual, layer.attrs)
 
 
 def _cudnn_fusable(layer, target) -> bool:

@@ -23,8 +23,12 @@ from kiln.engine.ir.dtypes import dtype_from_name
 from kiln.engine.kernels.codegen.program import FLOAT_DTYPES, Program, emit, evaluate
 from kiln.engine.kernels.codegen.triton_source import load_kernel
 from kiln.engine.kernels.registry import reference, tactic
-from kiln.engine.kernels.triton_epilogue import triton
 from kiln.engine.runtime.executor import arena_output
+
+try:
+    import triton
+except ImportError:  # a CPU-only install: the generated tactic is not offered
+    triton = None
 
 _DTYPE_TEXT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.bool: "bool"}
 

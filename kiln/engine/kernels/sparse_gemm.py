@@ -29,9 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from kiln.engine.ir.dtypes import dtype_from_name
-from kiln.engine.kernels.aten_conv import _IN_PLACE
-from kiln.engine.kernels.pointwise import UNARY_OPS
 from kiln.engine.kernels.registry import tactic
+from kiln.engine.kernels.triton_epilogue import finish_in_place
 from kiln.engine.optimize.sparse_weights import AS_MATRIX, FROM_MATRIX, SPARSE_ATTR
 from kiln.sparsity.packed import compressed_segment, pack_2to4, unpack_dense
 
@@ -163,10 +162,5 @@ def conv_1x1_2to4(layer, inputs, run):
 @tactic("conv_epilogue", NAME, when=_offered, prepare=_prepare, unprepare=_unprepare)
 def conv_1x1_epilogue_2to4(layer, inputs, run):
     x, packed, b, residual = inputs
-    y = _conv_rows(layer, x, packed, b)
-    if residual is not None:
-        y += residual
-    # y is this layer's own fresh output, so the activation may overwrite it.
-    activation = layer.attrs.get("activation")
-    in_place = _IN_PLACE.get(activation)
-    return in_place(y) if in_place is not None else UNARY_OPS[activation](y, layer.attrs)
+    # y is this layer's own fresh output: residual and activation overwrite it in one generated pass.
+    return finish_in_place(_conv_rows(layer, x, packed, b), residual, layer.attrs)

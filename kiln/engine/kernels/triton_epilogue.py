@@ -1,46 +1,90 @@
-"""What every Triton conv kernel shares: the epilogue applied to its FP32 output tile before the
-single write, and the rules for where that write goes.
+"""What every Triton GEMM and conv template shares: the generated epilogue applied to its FP32
+output tile before the single write, and the rules for where that write goes.
 
-A kernel template (triton_gemm_1x1.py, triton_depthwise.py) computes its tile, then calls
-`epilogue` with the ACT code of the fused activation: one place defines what "silu" or
-"hardswish" means on the tile, so a new activation is one line here and one test.
+A template (triton_gemm_1x1.py, triton_depthwise.py, and any later GEMM/conv template,
+quantised ones included) is Triton source text with an `{epilogue}` slot. `epilogue_lines`
+fills it from the layer's arithmetic: the bias, then a residual tile, then the activation,
+each rendered from the op vocabulary (kernels/codegen): any op of UNARY_TRITON is an
+activation a template can fuse, so a new activation is one entry in that table, for every
+template at once. `load_template` renders a template for one layer's epilogue and returns its
+@triton.jit kernel, compiled once per distinct epilogue.
 """
 
 from __future__ import annotations
 
 import torch
 
+from kiln.engine.kernels.codegen.program import Program, emit
+from kiln.engine.kernels.codegen.triton_source import load_kernel
+from kiln.engine.kernels.pointwise import UNARY_OPS, UNARY_TRITON
+
 try:
     import triton
-    import triton.language as tl
 except ImportError:  # a CPU-only install: no Triton tactic is offered
     triton = None
 
-# Activation codes the kernels know (a constexpr, so each compiles to straight-line code).
-ACTIVATIONS = {None: 0, "relu": 1, "silu": 2, "sigmoid": 3, "hardswish": 4, "relu6": 5}
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
+MODULE_HEADER = "import triton\nimport triton.language as tl\nfrom triton.language.extra import libdevice\n\n\n"
 
-if triton is not None:
 
-    @triton.jit
-    def epilogue(acc, bias_ptr, res_ptr, offsets, mask, cols, col_mask, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr):
-        """acc + bias[cols] + residual[offsets], then the activation: the conv_epilogue reference's order."""
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-        if HAS_RES:
-            acc += tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        if ACT == 1:
-            acc = tl.maximum(acc, 0.0)
-        elif ACT == 2:
-            acc = acc * tl.sigmoid(acc)
-        elif ACT == 3:
-            acc = tl.sigmoid(acc)
-        elif ACT == 4:
-            acc = acc * tl.minimum(tl.maximum(acc + 3.0, 0.0), 6.0) / 6.0
-        elif ACT == 5:
-            acc = tl.minimum(tl.maximum(acc, 0.0), 6.0)
-        return acc
+def fusable_activation(name: str | None) -> bool:
+    """Activations every template can fuse: those the op vocabulary has a Triton form for."""
+    return name is None or name in UNARY_TRITON
+
+
+def activation_attrs(attrs: dict) -> dict:
+    """The fused activation's own attributes (leaky_relu's slope, clamp's bounds) with its name."""
+    return {**attrs.get("activation_attrs", {}), "op": attrs.get("activation")}
+
+
+def apply_activation(y: torch.Tensor, attrs: dict) -> torch.Tensor:
+    """The reference of a fused layer's activation: the same function the unfused unary layer ran."""
+    name = attrs.get("activation")
+    return y if name is None else UNARY_OPS[name](y, activation_attrs(attrs))
+
+
+def finish_in_place(y: torch.Tensor, residual: torch.Tensor | None, attrs: dict) -> torch.Tensor:
+    """y [+ residual] [activation], written over y (the caller's own fresh output) by one generated kernel.
+
+    After a library conv or GEMM (cuDNN, cuBLAS, cuSPARSELt) this is the epilogue the library
+    could not fuse: one read and one write of y instead of one pair per op. Where no Triton
+    kernel can run (CPU), the reference ops compute the same."""
+    if residual is None and attrs.get("activation") is None:
+        return y
+    if triton is None or not y.is_cuda:
+        return apply_activation(y + residual if residual is not None else y, attrs)
+    from kiln.engine.kernels.fused_pointwise import run_generated
+
+    inputs = [y] if residual is None else [y, residual]
+    (out,) = run_generated(epilogue_program(attrs, residual is not None), inputs, [y.dtype], [y])
+    return out
+
+
+def epilogue_program(attrs: dict, residual: bool) -> Program:
+    """acc [+ residual] [activation], in the conv_epilogue reference's order, as a pointwise program."""
+    ops, value = [], 0
+    if residual:
+        ops.append({"kind": "binary", "op": "add", "args": [0, 1], "attrs": {"op": "add"}})
+        value = 2
+    if attrs.get("activation") is not None:
+        ops.append({"kind": "unary", "op": attrs["activation"], "args": [value], "attrs": activation_attrs(attrs)})
+        value = (2 if residual else 1) + len(ops) - 1
+    return Program(2 if residual else 1, tuple(ops), (value,))
+
+
+def epilogue_lines(attrs: dict, residual_load: str | None, indent: str = "    ") -> str:
+    """Triton statements that finish `acc` in place: residual add and activation from the vocabulary."""
+    program = epilogue_program(attrs, residual_load is not None)
+    inputs = ["acc"] + ([residual_load] if residual_load is not None else [])
+    lines, (result,) = emit(program, inputs, prefix="ep")
+    return "\n".join(indent + line for line in [*lines, f"acc = {result}"])
+
+
+def load_template(template: str, name: str, attrs: dict, residual_load: str | None, indent: str = "    "):
+    """The template's kernel with this layer's epilogue in its `{epilogue}` slot (compiled once per epilogue)."""
+    source = MODULE_HEADER + template.replace("{epilogue}", epilogue_lines(attrs, residual_load, indent).lstrip())
+    return load_kernel(source, name)
 
 
 def require_low_precision(x: torch.Tensor, tactic: str) -> None:

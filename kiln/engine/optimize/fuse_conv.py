@@ -3,10 +3,10 @@
 cuDNN runs conv + bias + ReLU, and conv + bias + residual add + ReLU, as one kernel
 (torch.cudnn_convolution_relu / cudnn_convolution_add_relu): the activation is applied while
 the output tile is still in registers, so the separate ReLU and add kernels, and their trips
-through memory, disappear. ResNet's bottleneck blocks are exactly these two patterns. For 1x1
-convs a Triton GEMM (kernels/triton_gemm_1x1.py) also fuses SiLU, hardswish, sigmoid and
-ReLU6, and a residual add without activation: EfficientNet's and MobileNet's expand and
-project convs. Whether a fused kernel is faster than the separate ones is measured per layer
+through memory, disappear. ResNet's bottleneck blocks are exactly these two patterns. The
+Triton templates (1x1 GEMM, depthwise) fuse any activation of the op vocabulary and a
+residual add through the generated epilogue (kernels/triton_epilogue.py), and after a cuDNN
+conv the same epilogue runs as one generated in-place kernel. Whether a fused kernel is faster than the separate ones is measured per layer
 by the builder (a conv_epilogue can always run as the conv plus the ops it absorbed); the
 fusion only makes the choice possible.
 
@@ -18,22 +18,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from kiln.engine.ir.network import Layer, Network
+from kiln.engine.kernels.codegen.program import is_generatable
 from kiln.engine.optimize import OptimizeContext, optimize_pass
+from kiln.engine.optimize.precision import keep_fp32_reason
 
 
 @dataclass(frozen=True)
 class Epilogue:
     name: str
     residual: bool
-    activation: str | None
+    activation: bool
 
 
-# Longest first: a conv followed by add + relu must not be taken as conv + add.
+# Longest first: a conv followed by add + activation must not be taken as conv + add. The
+# activation may be any unary op the generated epilogue has a Triton form for (the op
+# vocabulary, kernels/pointwise.py UNARY_TRITON): one list for every template and tactic.
 CONV_EPILOGUES = [
-    Epilogue("conv_add_relu", residual=True, activation="relu"),
-    *(Epilogue(f"conv_{act}", residual=False, activation=act) for act in ("relu", "silu", "hardswish", "sigmoid", "relu6")),
-    Epilogue("conv_add", residual=True, activation=None),
+    Epilogue("conv_add_activation", residual=True, activation=True),
+    Epilogue("conv_activation", residual=False, activation=True),
+    Epilogue("conv_add", residual=True, activation=False),
 ]
 
 
@@ -103,14 +109,19 @@ def _match(graph: _Graph, conv: Layer, pattern: Epilogue):
             return None
         consumed.append(add)
         last = add.outputs[0]
-    if pattern.activation is not None:
+    activation = None
+    if pattern.activation:
         act = graph.only_reader(last)
-        if act is None or act.kind != "unary" or act.attrs.get("op") != pattern.activation:
+        # An activation an FP32 rule would keep wide (exp overflows FP16) stays its own layer.
+        if act is None or act.kind != "unary" or not is_generatable(act) or keep_fp32_reason(act, graph.network, torch.float16):
             return None
         consumed.append(act)
         last = act.outputs[0]
+        activation = act.attrs
     x, w, b = conv.inputs
-    attrs = {**conv.attrs, "activation": pattern.activation, "residual": residual is not None}
+    attrs = {**conv.attrs, "activation": activation["op"] if activation else None, "residual": residual is not None}
+    if activation and len(activation) > 1:
+        attrs["activation_attrs"] = {k: v for k, v in activation.items() if k != "op"}
     fused = Layer(
         "conv_epilogue",
         conv.name,

@@ -21,7 +21,9 @@ UNARY_ATTRS = {
 # Binary ops the converters give a scalar second operand (aten's .Scalar overloads).
 SCALAR_OPERAND = {"add", "sub", "mul", "div", "fmod", "pow", "eq", "ne", "lt", "le", "gt", "ge"}
 # Ops defined only on part of the line get inputs there.
-POSITIVE = {"sqrt", "rsqrt", "log", "log2", "log1p", "reciprocal"}
+POSITIVE = {"sqrt", "rsqrt", "log", "log2", "log10", "log1p", "reciprocal"}
+INSIDE_UNIT = {"asin", "acos", "atanh"}
+ABOVE_ONE = {"acosh"}
 
 
 def fused(ops: list[dict], num_inputs: int, outputs: list[int], out_dtypes: list[str]) -> Layer:
@@ -47,7 +49,13 @@ def check(layer: Layer, inputs: list[torch.Tensor], tol: float):
 def test_every_unary_op(op):
     assert op in UNARY_OPS
     torch.manual_seed(0)
-    x = torch.rand(3, 37) * 4 + 0.1 if op in POSITIVE else torch.randn(3, 37) * 2
+    x = torch.randn(3, 37) * 2
+    if op in POSITIVE:
+        x = torch.rand(3, 37) * 4 + 0.1
+    elif op in INSIDE_UNIT:
+        x = torch.rand(3, 37) * 1.8 - 0.9
+    elif op in ABOVE_ONE:
+        x = torch.rand(3, 37) * 4 + 1.1
     ops = [{"kind": "unary", "op": op, "args": [0], "attrs": {"op": op, **UNARY_ATTRS.get(op, {})}}]
     check(fused(ops, 1, [1], ["float32"]), [x], 1e-4)
 

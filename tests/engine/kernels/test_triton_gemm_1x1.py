@@ -14,22 +14,32 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CONV = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "transposed": False, "output_padding": [0, 0], "groups": 1}
 
 
+# Activations of the op vocabulary, with the attributes the converters give them; the generated
+# epilogue must take every one (one entry in UNARY_TRITON, no list per kernel).
+ACTIVATIONS = {
+    None: {}, "relu": {}, "silu": {}, "sigmoid": {}, "hardswish": {}, "relu6": {}, "gelu": {}, "gelu_tanh": {}, "tanh": {},
+    "hardsigmoid": {}, "leaky_relu": {"alpha": 0.2}, "clamp": {"min": -0.5, "max": 1.5},
+    "elu": {"alpha": 1.0, "scale": 1.0, "input_scale": 1.0}, "softplus": {"beta": 1.0, "threshold": 20.0},
+}  # fmt: skip
+
+
 def run_both(n, cin, cout, hw, activation, residual, bias=True, dtype=torch.float16):
     torch.manual_seed(cin * 31 + cout)
     x = torch.randn(n, cin, hw, hw, device=DEVICE).to(dtype).contiguous(memory_format=torch.channels_last)
     w = (torch.randn(cout, cin, 1, 1, device=DEVICE) / cin**0.5).to(dtype)
     b = torch.randn(cout, device=DEVICE).to(dtype) if bias else None
     r = torch.randn(n, cout, hw, hw, device=DEVICE).to(dtype) if residual else None
-    layer = Layer("conv_epilogue", "c", ["x", "w", "b", "r"], ["y"], {**CONV, "activation": activation, "residual": residual})
+    attrs = {**CONV, "activation": activation, "residual": residual, "activation_attrs": ACTIVATIONS[activation]}
+    layer = Layer("conv_epilogue", "c", ["x", "w", "b", "r"], ["y"], attrs)
     (w_mat,) = weight_as_gemm_1x1(layer, {"w": w}).values()
-    out = triton_gemm_1x1.gemm_1x1(x, w_mat, b, r, activation)
+    out = triton_gemm_1x1.gemm_1x1(x, w_mat, b, r, attrs)
     # The reference in FP32: the kernel accumulates in FP32 and rounds once at the end.
     as32 = [t.float() if t is not None else None for t in (x, w, b, r)]
     ref = conv_epilogue_reference(layer, as32, None)
     return out, ref
 
 
-@pytest.mark.parametrize("activation", list(triton_gemm_1x1.ACTIVATIONS))
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
 def test_every_activation_matches_the_reference(activation):
     out, ref = run_both(2, 24, 40, 5, activation, residual=False)
     assert out.shape == ref.shape and out.dtype == torch.float16
@@ -62,7 +72,7 @@ def test_writes_into_a_given_nhwc_buffer():
     x = torch.randn(1, 16, 4, 4, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
     w_mat = torch.randn(16, 32, device=DEVICE).half()
     buffer = torch.empty(1, 4, 4, 32, device=DEVICE).half().permute(0, 3, 1, 2)
-    out = triton_gemm_1x1.gemm_1x1(x, w_mat, None, None, "relu", out=buffer)
+    out = triton_gemm_1x1.gemm_1x1(x, w_mat, None, None, {"activation": "relu"}, out=buffer)
     assert out.data_ptr() == buffer.data_ptr()
     ref = torch.relu(x.float().permute(0, 2, 3, 1).reshape(-1, 16) @ w_mat.float()).reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
     assert relative_error(out.float(), ref) < 2e-3

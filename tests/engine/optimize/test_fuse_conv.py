@@ -69,13 +69,29 @@ def test_chain_becomes_one_layer_with_the_same_values(ops, activation, residual)
     assert relative_error(run_reference(fused, values), expected) < 1e-6
 
 
-def test_add_then_silu_fuses_the_add_only():
+def test_add_then_any_vocabulary_activation_fuses_with_its_attributes():
     net, values = chain(["add", "silu"])
     expected = run_reference(net, values)
     fused = fuse_conv_epilogues(net, CUDA_SETTINGS)
-    assert [layer.kind for layer in fused.layers] == ["conv_epilogue", "unary"]
-    assert fused.layers[0].attrs["activation"] is None
+    assert [layer.kind for layer in fused.layers] == ["conv_epilogue"]
+    assert (fused.layers[0].attrs["activation"], fused.layers[0].attrs["residual"]) == ("silu", True)
     assert relative_error(run_reference(fused, values), expected) < 1e-6
+
+    net, values = chain(["add"])
+    y = net.layers[-1].outputs[0]
+    (out,) = net.add_layer("unary", [net.tensors[y]], [([2, 16, 5, 5], torch.float32)], {"op": "leaky_relu", "alpha": 0.3})
+    net.outputs = [out.name]
+    expected = run_reference(net, values)
+    fused = fuse_conv_epilogues(net, CUDA_SETTINGS)
+    assert [layer.kind for layer in fused.layers] == ["conv_epilogue"]
+    assert fused.layers[0].attrs["activation_attrs"] == {"alpha": 0.3}
+    assert relative_error(run_reference(fused, values), expected) < 1e-6
+
+
+def test_an_activation_kept_in_fp32_is_not_fused():
+    net, _ = chain(["exp"])
+    fused = fuse_conv_epilogues(net, CUDA_SETTINGS)
+    assert [layer.kind for layer in fused.layers] == ["conv", "unary"]
 
 
 def test_an_intermediate_with_another_reader_is_not_fused():
