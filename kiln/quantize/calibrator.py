@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import torch
 import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kiln.errors import KilnError
 from kiln.quantize.algorithms import ALGORITHMS
@@ -148,7 +149,7 @@ class BlockInputs:
         if calibrator.max_batches is not None:
             total = min(total, calibrator.max_batches) if total is not None else calibrator.max_batches
         try:
-            with torch.no_grad():
+            with torch.no_grad(), ViewsAsReshapes():
                 bar = tqdm(calibrator.batches(), total=total, desc="kiln calibration", unit="batch", disable=not calibrator.progress)
                 for i, batch in enumerate(bar):
                     if calibrator.max_batches is not None and i >= calibrator.max_batches:
@@ -160,6 +161,16 @@ class BlockInputs:
         if not any(recorded.values()):
             raise KilnError("the calibration DataLoader yielded no batches; give it at least one batch of representative inputs.")
         return recorded
+
+
+class ViewsAsReshapes(TorchDispatchMode):
+    """Lowering made every reshape an aten.view (the engine's layers copy as needed); run eagerly, a view of a
+    non-contiguous tensor fails, so while the lowered graph runs for calibration each view is a reshape again."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.view.default:
+            return torch.ops.aten.reshape.default(*args)
+        return func(*args, **(kwargs or {}))
 
 
 def flat_inputs(batch, captured, device) -> list[torch.Tensor]:
