@@ -43,10 +43,18 @@ if ROOT not in sys.path:
 import kiln  # noqa: E402
 from kiln.engine.runtime.profiler import call_times  # noqa: E402
 
-MODELS = ["efficientnet_b0", "resnet50", "vit_base_patch16_224"]
-CNNS = {"efficientnet_b0", "resnet50"}
-# "large" batch per model: ViT-B/16 at 128 needs more memory than the peers' graphs leave room for comfortably.
-LARGE_BATCH = {"vit_base_patch16_224": 64}
+MODELS = ["efficientnet_b0", "resnet50", "vit_base_patch16_224", "convnext_tiny", "swin_tiny_patch4_window7_224"]
+# "large" batch per model: transformers at 128 need more memory than the peers' graphs leave room for comfortably.
+LARGE_BATCH = {"vit_base_patch16_224": 64, "swin_tiny_patch4_window7_224": 64}
+# --zoo: architectures never tuned for, across families (CNNs, mobile nets, vision transformers,
+# hybrids, MLP and pooling mixers), all at 224x224 from timm with random weights.
+ZOO = [
+    "resnet18", "resnet50", "resnext50_32x4d", "regnety_016", "densenet121", "dla34", "repvgg_a2", "cspresnet50",
+    "efficientnet_b0", "mobilenetv2_100", "mobilenetv3_large_100", "ghostnet_100", "mnasnet_100", "rexnet_100",
+    "tf_efficientnetv2_s", "convnext_tiny", "edgenext_small", "vit_small_patch16_224", "deit_tiny_patch16_224",
+    "vit_base_patch16_224", "swin_tiny_patch4_window7_224", "levit_128", "mobilevit_s", "efficientformer_l1",
+    "poolformer_s12", "mixer_b16_224", "resmlp_12_224",
+]  # fmt: skip
 MODES = ["eager", "ts", "inductor-ro", "kiln"]
 
 
@@ -61,7 +69,20 @@ def parse_args(argv):
     p.add_argument("--profile", action="store_true", help="also write Kiln's per-layer profile of each case")
     p.add_argument("--timing-cache", default=None, help="Kiln timing cache file (default: none, time everything)")
     p.add_argument("--no-plot", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--zoo", action="store_true", help="run the ZOO list (default modes inductor-ro,kiln)")
+    p.add_argument("--threads", action="store_true", help="also measure Kiln's throughput from 1 thread and from 2 threads on 2 streams")
+    args = p.parse_args(argv)
+    if args.zoo:
+        args.models = ",".join(ZOO)
+        if args.modes == ",".join(MODES):
+            args.modes = "inductor-ro,kiln"
+    return args
+
+
+def is_cnn(model: torch.nn.Module) -> bool:
+    """Channels-last helps the peer where convolutions with spatial kernels dominate (not a ViT's patch embedding)."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    return any(m.kernel_size != m.stride and max(m.kernel_size) > 1 for m in convs)
 
 
 def batches_for(model: str, spec: str) -> list[int]:
@@ -73,7 +94,7 @@ def batches_for(model: str, spec: str) -> list[int]:
 
 def build_mode(mode: str, model_name: str, model: torch.nn.Module, x: torch.Tensor, args):
     """Return (callable running one inference, info dict)."""
-    cnn = model_name in CNNS
+    cnn = is_cnn(model)
     if mode == "eager":
         return (lambda: model(x)), {}
     if mode == "ts":
@@ -94,6 +115,34 @@ def build_mode(mode: str, model_name: str, model: torch.nn.Module, x: torch.Tens
     raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
 
 
+def stream_throughput(fn, compiled, x: torch.Tensor, batch: int, calls: int = 400) -> dict:
+    """Images/s of `calls` back-to-back calls from one thread, and split over two threads on two streams."""
+    import threading
+
+    def run(n, stream):
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(n):
+                compiled(x)
+
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for s in streams:  # each stream's execution context is recorded before timing
+        run(3, s)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    run(calls, streams[0])
+    torch.cuda.synchronize()
+    one = calls * batch / (time.perf_counter() - t0)
+    threads = [threading.Thread(target=run, args=(calls // 2, s)) for s in streams]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    torch.cuda.synchronize()
+    two = calls * batch / (time.perf_counter() - t0)
+    return {"img_per_s_1thread": round(one, 1), "img_per_s_2streams": round(two, 1)}
+
+
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.double(), ref.double()
     return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
@@ -104,6 +153,7 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
 
     torch.manual_seed(0)
     model = timm.create_model(model_name, pretrained=False).eval().cuda().half()
+    weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.half)
     with torch.inference_mode():
         ref = model(x).float()
@@ -115,8 +165,9 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
+        reserved_base = torch.cuda.memory_reserved()
         torch.cuda.reset_peak_memory_stats()
-        row = {"model": model_name, "batch": batch, "mode": mode}
+        row = {"model": model_name, "batch": batch, "mode": mode, "weights_mb": round(weights_mb, 1)}
         print(f"[{model_name} b{batch}] {mode} ...", flush=True)
         try:
             t0 = time.perf_counter()
@@ -133,7 +184,14 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
             row["p90_ms"] = times[int(0.9 * (len(times) - 1))]
             row["img_per_s"] = batch / row["median_ms"] * 1e3
             row["peak_mem_mb"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+            gc.collect()
+            # What the mode keeps after its calls (its weights copy, buffers, graph pools), beyond the shared model.
+            row["held_mb"] = round((torch.cuda.memory_reserved() - reserved_base) / 2**20, 1)
             compiled = info.pop("_compiled", None)
+            if compiled is not None:
+                row["kiln_memory"] = {k: round(v / 2**20, 1) for k, v in compiled.memory().to_json().items() if k != "per_engine"}
+            if compiled is not None and args.threads:
+                row.update(stream_throughput(fn, compiled, x, batch))
             row.update(info)
             if compiled is not None and args.profile:
                 with torch.inference_mode():
@@ -187,7 +245,8 @@ def environment(smoke: bool = False) -> dict:
 def kiln_ratios(rows: list[dict]) -> list[str]:
     """One line per case: each peer's median time over Kiln's (above 1: Kiln is faster)."""
     lines = []
-    cases = sorted({(r["model"], r["batch"]) for r in rows}, key=lambda c: (MODELS.index(c[0]) if c[0] in MODELS else 99, c[1]))
+    order = MODELS + ZOO
+    cases = sorted({(r["model"], r["batch"]) for r in rows}, key=lambda c: (order.index(c[0]) if c[0] in order else 99, c[1]))
     for model, batch in cases:
         case = {r["mode"]: r for r in rows if r["model"] == model and r["batch"] == batch and "median_ms" in r}
         if "kiln" not in case:
@@ -209,25 +268,75 @@ def markdown(rows: list[dict], env: dict) -> str:
         "- Latency per call with CUDA events after a synchronisation, after warm-up; `vs kiln` = the mode's median over "
         "Kiln's (above 1: Kiln is faster). Peak MB: most GPU memory the mode allocated beyond the shared FP16 model and input.",
         "",
-        "| model | batch | mode | median ms | p90 ms | img/s | build s | peak MB | max rel err vs eager | vs kiln |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | mode | median ms | p90 ms | img/s | build s | peak MB | held MB | max rel err vs eager | vs kiln |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     kiln_ms = {(r["model"], r["batch"]): r["median_ms"] for r in rows if r["mode"] == "kiln" and "median_ms" in r}
     for r in rows:
         if "median_ms" not in r:
-            out.append(f"| {r['model']} | {r['batch']} | {r['mode']} | failed: {r.get('error', '?')} | | | | | | |")
+            out.append(f"| {r['model']} | {r['batch']} | {r['mode']} | failed: {r.get('error', '?')} | | | | | | | |")
             continue
         k = kiln_ms.get((r["model"], r["batch"]))
         ratio = f"{r['median_ms'] / k:.2f}x" if k else ""
         out.append(
             f"| {r['model']} | {r['batch']} | {r['mode']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | {r['img_per_s']:,.0f} | "
-            f"{r['build_s']} | {r['peak_mem_mb']} | {r['rel_err_vs_eager']:.1e} | {ratio} |"
+            f"{r['build_s']} | {r['peak_mem_mb']} | {r.get('held_mb', '')} | {r['rel_err_vs_eager']:.1e} | {ratio} |"
         )
+    out += summary_lines(rows)
     engines = {(r["model"], r["batch"]): r["engine"] for r in rows if r.get("engine")}
     if engines:
         out += ["", "Kiln partition per case:", ""]
         out += [f"- {m} b{b}: {text}" for (m, b), text in engines.items()]
     return "\n".join(out) + "\n"
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """Geomean of the peer's time over Kiln's per batch kind, the worst case, threads and memory."""
+    lines = []
+    peer = {(r["model"], r["batch"]): r for r in rows if r["mode"] == "inductor-ro" and "median_ms" in r}
+    kiln_rows = [r for r in rows if r["mode"] == "kiln" and "median_ms" in r]
+    ratios = {}
+    for r in kiln_rows:
+        case = (r["model"], r["batch"])
+        if case in peer:
+            ratios[case] = peer[case]["median_ms"] / r["median_ms"]
+    if ratios:
+        import math
+
+        lines += ["", "Kiln against torch.compile(mode='reduce-overhead') (peer time / Kiln time, above 1: Kiln is faster):", ""]
+        for kind, pick in (("batch 1", lambda b: b == 1), ("large batch", lambda b: b > 1)):
+            chosen = {c: v for c, v in ratios.items() if pick(c[1])}
+            if chosen:
+                geo = math.exp(sum(math.log(v) for v in chosen.values()) / len(chosen))
+                worst = min(chosen, key=chosen.get)
+                low = f"{chosen[worst]:.2f}x ({worst[0]} b{worst[1]})"
+                lines.append(f"- {kind}: geomean {geo:.2f}x over {len(chosen)} models; lowest {low}")
+    errors = [r for r in kiln_rows if r["rel_err_vs_eager"] > 5e-2]
+    lines.append(f"- Kiln outputs off eager by more than 5e-2 (max relative error): {len(errors)} of {len(kiln_rows)}")
+    threaded = [r for r in kiln_rows if "img_per_s_2streams" in r]
+    if threaded:
+        lines += ["", "| model | batch | Kiln img/s, 1 thread | 2 threads on 2 streams | ratio |", "|---|---|---|---|---|"]
+        for r in threaded:
+            ratio = r["img_per_s_2streams"] / r["img_per_s_1thread"]
+            lines.append(f"| {r['model']} | {r['batch']} | {r['img_per_s_1thread']:,.0f} | {r['img_per_s_2streams']:,.0f} | {ratio:.2f}x |")
+    memory = [r for r in kiln_rows if "kiln_memory" in r]
+    if memory:
+        lines += [
+            "",
+            "Memory held after the first calls (MB): Kiln's own accounting, and the target "
+            "1.3 x FP16 weights + what the peer holds beyond its weights:",
+            "",
+            "| model | batch | weights | arenas | graph pools | Kiln total | peer held | target | met |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in memory:
+            m = r["kiln_memory"]
+            p = peer.get((r["model"], r["batch"]), {}).get("held_mb")
+            target = 1.3 * r["weights_mb"] + (p or 0)
+            met = "" if p is None else ("yes" if m["total"] <= target else "no")
+            parts = [r["model"], r["batch"], m["weights"], m["arena"], m["graph_pools"], m["total"], p, f"{target:.1f}", met]
+            lines.append("| " + " | ".join(str(v) for v in parts) + " |")
+    return lines
 
 
 def plot(rows: list[dict], path: str) -> None:

@@ -65,6 +65,12 @@ class CompiledModule(torch.nn.Module):
 
         return {n: m for n, m in self.graph_module.named_children() if isinstance(m, EngineModule)}
 
+    def memory(self):
+        """What this module holds in device memory: weights, arenas, CUDA-graph pools (runtime/memory_report.py)."""
+        from kiln.engine.runtime.memory_report import memory_report
+
+        return memory_report(self.engine_blocks)
+
     def extra_repr(self) -> str:
         return f"inputs={[s.describe() for s in self.input_specs]}, engine_blocks={len(self.engine_blocks)}"
 
