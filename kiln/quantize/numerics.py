@@ -65,16 +65,16 @@ def per_channel_weight(w: torch.Tensor, axis: int, qdtype: str) -> tuple[torch.T
     return quantize(w, scale_t, 0, qdtype, -INT8_MAX, INT8_MAX), scales
 
 
-def channel_scale(attrs: dict, device: torch.device) -> torch.Tensor:
-    """w_scale[c] * x_scale in FP32, the per-output-channel factor of the epilogue."""
-    return torch.tensor(attrs["w_scale"], dtype=torch.float32, device=device) * torch.tensor(attrs["x_scale"], dtype=torch.float32)
+def channel_scale(w_scale: torch.Tensor, x_scale: float) -> torch.Tensor:
+    """w_scale[c] * x_scale in FP32, the per-output-channel factor of the epilogue (kernels compute it the same way)."""
+    return w_scale.float() * torch.tensor(x_scale, dtype=torch.float32, device=w_scale.device)
 
 
-def finish(acc: torch.Tensor, attrs: dict, channel_dim: int, bias, residual, activation_fn) -> torch.Tensor:
+def finish(acc: torch.Tensor, attrs: dict, channel_dim: int, bias, residual, w_scale: torch.Tensor, activation_fn) -> torch.Tensor:
     """The epilogue on an exact accumulator: dequantize, bias, residual, activation, then cast or requantize."""
     shape = [1] * acc.dim()
     shape[channel_dim] = -1
-    y = acc.float() * channel_scale(attrs, acc.device).view(shape)
+    y = acc.float() * channel_scale(w_scale, attrs["x_scale"]).view(shape)
     if bias is not None:
         y = y + bias.float().view(shape)
     if residual is not None:

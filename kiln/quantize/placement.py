@@ -158,7 +158,7 @@ def quantize_network(network: Network, spec: QuantSpec, keep: dict[str, str], fl
             layer.attrs["quantization"] = f"kept {dtype_name(float_dtype) if float_dtype != torch.float32 else 'float32'}: {reason}"
             layers.append(layer)
             continue
-        inputs = list(layer.inputs) + [None] * (4 - len(layer.inputs))
+        inputs = list(layer.inputs) + [None] * (5 - len(layer.inputs))
         attrs = {k: v for k, v in layer.attrs.items() if k not in ("alpha", "beta", "quantization")}
         attrs.update(qdtype=qdtype, activation=layer.attrs.get("activation"), residual=layer.attrs.get("residual", False))
         attrs["activation_attrs"] = {}
@@ -170,12 +170,13 @@ def quantize_network(network: Network, spec: QuantSpec, keep: dict[str, str], fl
             if i == 0:
                 attrs.update(x_scale=act.scale, x_zero_point=act.zero_point)
             else:  # qmatmul's second activation
-                attrs.update(w_scale=[act.scale], w_zero_point=act.zero_point)
+                inputs[4] = network.add_constant(f"{layer.name}_b_scale", torch.tensor([act.scale], dtype=torch.float32)).name
+                attrs["w_zero_point"] = act.zero_point
         if w is not None:
             w_q, scales = w
             w_desc = network.add_constant(f"{layer.inputs[1]}_q", w_q.to(STORAGE[qdtype]) if qdtype == "fp8" else w_q)
             inputs[1] = w_desc.name
-            attrs["w_scale"] = scales
+            inputs[4] = network.add_constant(f"{layer.inputs[1]}_scale", torch.tensor(scales, dtype=torch.float32)).name
         attrs["quantization"] = f"{qdtype}: {spec.source}"
         qlayer = Layer(QUANTIZED_KINDS[layer.kind], layer.name, inputs, list(layer.outputs), attrs, None, layer.source)
         layers.append(qlayer)

@@ -23,11 +23,11 @@ def _int_conv(x_q, w_q, zp, stride, padding, groups):
     return acc.view(n, cout, ho, -1)
 
 
-def _qconv_layer(w_scale, groups, **extra):
+def _qconv_layer(groups, **extra):
     attrs = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": groups, "qdtype": "int8"}
-    attrs.update(x_scale=0.05, x_zero_point=3, w_scale=w_scale, activation=None, residual=False, out_dtype="float32", dtype="float32")
+    attrs.update(x_scale=0.05, x_zero_point=3, activation=None, residual=False, out_dtype="float32", dtype="float32")
     attrs.update(extra)
-    return Layer("qconv", "q", ["x", "w", "b", None], ["y"], attrs)
+    return Layer("qconv", "q", ["x", "w", "b", None, "s"], ["y"], attrs)
 
 
 def test_qconv_reference_is_the_exact_integer_convolution_then_the_epilogue():
@@ -36,11 +36,11 @@ def test_qconv_reference_is_the_exact_integer_convolution_then_the_epilogue():
         x_q = torch.randint(-128, 128, (2, cin, 6, 6), dtype=torch.int8)
         w_q = torch.randint(-127, 128, (8, cin // groups, 3, 3), dtype=torch.int8)
         bias = torch.randn(8)
-        w_scale = (torch.rand(8) * 0.01 + 1e-3).tolist()
-        layer = _qconv_layer(w_scale, groups)
-        out = get_tactic("qconv", "reference").fn(layer, [x_q, w_q, bias, None], RUN)
+        w_scale = torch.rand(8) * 0.01 + 1e-3
+        layer = _qconv_layer(groups)
+        out = get_tactic("qconv", "reference").fn(layer, [x_q, w_q, bias, None, w_scale], RUN)
         acc = _int_conv(x_q, w_q, 3, 1, 1, groups)
-        scale = torch.tensor(w_scale, dtype=torch.float32) * torch.tensor(0.05, dtype=torch.float32)
+        scale = w_scale * torch.tensor(0.05, dtype=torch.float32)
         expected = acc.float() * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
         assert torch.equal(out, expected)
 
@@ -50,8 +50,8 @@ def test_qconv_epilogue_residual_activation_and_requantize():
     x_q = torch.randint(-128, 128, (1, 4, 5, 5), dtype=torch.int8)
     w_q = torch.randint(-127, 128, (4, 4, 3, 3), dtype=torch.int8)
     residual = torch.randn(1, 4, 5, 5)
-    layer = _qconv_layer([0.01] * 4, 1, activation="relu", residual=True, out_dtype="int8", out_scale=0.1, out_zero_point=0)
-    out = get_tactic("qconv", "reference").fn(layer, [x_q, w_q, None, residual], RUN)
+    layer = _qconv_layer(1, activation="relu", residual=True, out_dtype="int8", out_scale=0.1, out_zero_point=0)
+    out = get_tactic("qconv", "reference").fn(layer, [x_q, w_q, None, residual, torch.full((4,), 0.01)], RUN)
     acc = _int_conv(x_q, w_q, 3, 1, 1, 1).float()
     y = torch.relu(acc * (torch.tensor(0.01) * torch.tensor(0.05)) + residual)
     assert out.dtype == torch.int8
@@ -63,8 +63,9 @@ def test_qlinear_reference_large_k_is_exact():
     torch.manual_seed(2)
     x_q = torch.randint(-128, 128, (3, 4096), dtype=torch.int8)
     w_q = torch.randint(-127, 128, (5, 4096), dtype=torch.int8)
-    attrs = {"qdtype": "int8", "x_scale": 1.0, "x_zero_point": 0, "w_scale": [1.0] * 5, "out_dtype": "float32"}
-    out = get_tactic("qlinear", "reference").fn(Layer("qlinear", "q", ["x", "w", None, None], ["y"], attrs), [x_q, w_q, None, None], RUN)
+    attrs = {"qdtype": "int8", "x_scale": 1.0, "x_zero_point": 0, "out_dtype": "float32"}
+    layer = Layer("qlinear", "q", ["x", "w", None, None, "s"], ["y"], attrs)
+    out = get_tactic("qlinear", "reference").fn(layer, [x_q, w_q, None, None, torch.ones(5)], RUN)
     exact = (x_q.long() @ w_q.long().t()).double()
     assert torch.equal(out.double(), exact.float().double())
 

@@ -1,14 +1,14 @@
 """Reference tactics of the quantized layer kinds (made by optimize/quantize_placement.py).
 
 - `quantize`:  [x] → 8-bit x (attrs scale, zero_point, qdtype, qmin, qmax).
-- `qconv`:     [x_q, w_q, bias, residual] → conv attrs + the quantization attrs below.
-- `qlinear`:   [x_q, w_q (N x K), bias, residual].
-- `qmatmul`:   [a_q, b_q, None, residual]: b is an activation (per-tensor scale) or a weight
+- `qconv`:     [x_q, w_q, bias, residual, w_scale] → conv attrs + the quantization attrs below.
+- `qlinear`:   [x_q, w_q (N x K), bias, residual, w_scale].
+- `qmatmul`:   [a_q, b_q, bias, residual, w_scale]: b is an activation (one scale) or a weight
                (one scale per output column).
 - `fake_quantize`: a QAT/PT2E fake-quantize op left as it is (float in, float out).
 
-Quantization attrs: qdtype ("int8"/"fp8"), x_scale, x_zero_point, w_scale (list: per output
-channel, or one value), w_zero_point (qmatmul on two activations), activation and
+w_scale is an FP32 constant: one scale per output channel, or one value. Quantization attrs:
+qdtype ("int8"/"fp8"), x_scale, x_zero_point, w_zero_point (qmatmul on two activations), activation and
 activation_attrs (an absorbed unary op), residual (bool), out_dtype, and out_scale /
 out_zero_point when the output is requantized to 8 bits for 8-bit readers.
 
@@ -42,25 +42,25 @@ def conv_accumulator(x: torch.Tensor, w: torch.Tensor, attrs: dict) -> torch.Ten
 
 @reference("qconv")
 def qconv_reference(layer, inputs, run):
-    x, w, bias, residual = inputs
-    return finish(conv_accumulator(x, w, layer.attrs), layer.attrs, 1, bias, residual, apply_activation)
+    x, w, bias, residual, w_scale = inputs
+    return finish(conv_accumulator(x, w, layer.attrs), layer.attrs, 1, bias, residual, w_scale, apply_activation)
 
 
 @reference("qlinear")
 def qlinear_reference(layer, inputs, run):
-    x, w, bias, residual = inputs
+    x, w, bias, residual, w_scale = inputs
     dtype = accumulation_dtype(x, w.shape[1])
     acc = integer_values(x, layer.attrs.get("x_zero_point", 0), dtype) @ integer_values(w, 0, dtype).t()
-    return finish(acc, layer.attrs, -1, bias, residual, apply_activation)
+    return finish(acc, layer.attrs, -1, bias, residual, w_scale, apply_activation)
 
 
 @reference("qmatmul")
 def qmatmul_reference(layer, inputs, run):
-    a, b, bias, residual = inputs
+    a, b, bias, residual, w_scale = inputs
     attrs = layer.attrs
     dtype = accumulation_dtype(a, a.shape[-1])
     acc = integer_values(a, attrs.get("x_zero_point", 0), dtype) @ integer_values(b, attrs.get("w_zero_point", 0), dtype)
-    return finish(acc, attrs, -1, bias, residual, apply_activation)
+    return finish(acc, attrs, -1, bias, residual, w_scale, apply_activation)
 
 
 @reference("fake_quantize")
