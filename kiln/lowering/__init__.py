@@ -7,10 +7,11 @@ from kiln.lowering.constants import drop_unused_constants
 from kiln.lowering.fold_batch_norm import fold_batch_norm
 from kiln.lowering.fold_constants import fold_constants
 from kiln.lowering.remove_identity import remove_identity
+from kiln.lowering.scalar_tensors import scalar_to_tensor
 from kiln.quantize.qdq_graph import rewrite_quantize_dequantize
 
 # PT2E quantize/dequantize pairs become fake-quantize ops before folding could erase their scales.
-LOWERING_PASSES = [remove_identity, rewrite_quantize_dequantize, canonicalize_views, fold_batch_norm, fold_constants]
+LOWERING_PASSES = [remove_identity, rewrite_quantize_dequantize, canonicalize_views, scalar_to_tensor, fold_batch_norm, fold_constants]
 
 
 def lower(gm: GraphModule) -> GraphModule:
