@@ -1,0 +1,86 @@
+"""What the 8-bit Triton templates share: the dequantize → generated epilogue → cast/requantize tail,
+the tile configurations the builder times, and when a template applies.
+
+The tail runs on the FP32 tile before the single write, in the order of the reference
+(quantize/numerics.finish): acc * (w_scale[c] * x_scale), + bias, then the layer's generated
+epilogue (residual add, activation: triton_epilogue.load_template fills `{epilogue}` from the op
+vocabulary), then either a cast to the output dtype or a requantization to int8/e4m3 with the
+readers' scale (division rounded to nearest as in the reference, rint = round half to even).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kiln.engine.ir.dtypes import dtype_from_name
+from kiln.engine.kernels.triton_epilogue import fusable_activation, triton
+
+# Tile configurations (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); each is its own tactic,
+# timed per layer by the builder. 128x128x128 reached ~1,150 TOP/s on the H100 in the issue's probe.
+TILE_CONFIGS = [(128, 128, 128, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 3)]
+FP8_MIN_CAPABILITY = (8, 9)
+
+# Shared by every 8-bit template: `acc` (int32 or FP32), `rm`, `rn`, `mask`, `offsets` are defined before it.
+EPILOGUE_TAIL = """
+    if HAS_ZP:
+        acc -= x_zp * colsum[None, :]
+    y = acc.to(tl.float32)
+    if PER_CHANNEL:
+        w_scale = tl.load(scale_ptr + rn, mask=rn < N, other=0.0)
+    else:
+        w_scale = tl.load(scale_ptr + rn * 0)
+    acc = y * (w_scale * x_scale)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    {epilogue}
+    if OUT_MODE == 1:
+        q = libdevice.rint(tl.math.div_rn(acc, out_scale)) + out_zp
+        q = tl.minimum(tl.maximum(q, out_qmin), out_qmax)
+        tl.store(c_ptr + offsets, q.to(tl.int8), mask=mask)
+    elif OUT_MODE == 2:
+        q = tl.minimum(tl.maximum(tl.math.div_rn(acc, out_scale), -448.0), 448.0)
+        tl.store(c_ptr + offsets, q.to(tl.float8e4nv), mask=mask)
+    else:
+        tl.store(c_ptr + offsets, acc.to(c_ptr.dtype.element_ty), mask=mask)
+"""
+RESIDUAL_LOAD = "tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)"
+
+
+def output_mode(attrs: dict) -> int:
+    return {"int8": 1, "float8_e4m3fn": 2}.get(attrs["out_dtype"], 0)
+
+
+def epilogue_args(layer, w_scale: torch.Tensor, bias, residual) -> dict:
+    """The runtime scalars and flags of the tail, from the layer's attrs."""
+    a = layer.attrs
+    return dict(
+        x_scale=float(a["x_scale"]),
+        x_zp=int(a.get("x_zero_point", 0)),
+        out_scale=float(a.get("out_scale", 1.0)),
+        out_zp=float(a.get("out_zero_point", 0)),
+        out_qmin=float(a.get("out_qmin", -128)),
+        out_qmax=float(a.get("out_qmax", 127)),
+        HAS_ZP=int(a.get("x_zero_point", 0)) != 0,
+        PER_CHANNEL=w_scale.numel() > 1,
+        HAS_BIAS=bias is not None,
+        OUT_MODE=output_mode(a),
+    )
+
+
+def output_dtype(layer) -> torch.dtype:
+    return dtype_from_name(layer.attrs["out_dtype"])
+
+
+def applies(layer, target, qdtype: str) -> bool:
+    """An 8-bit Triton template can take this layer on this target (FP8 needs compute capability 8.9+)."""
+    if triton is None or not target.is_cuda or layer.attrs.get("qdtype") != qdtype:
+        return False
+    if layer.attrs.get("w_zero_point", 0) != 0 or not fusable_activation(layer.attrs.get("activation")):
+        return False
+    if qdtype == "fp8" and torch.cuda.get_device_capability(target.device) < FP8_MIN_CAPABILITY:
+        return False
+    return True
+
+
+def accumulator_type(qdtype: str) -> str:
+    return "tl.int32" if qdtype == "int8" else "tl.float32"

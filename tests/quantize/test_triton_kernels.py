@@ -1,0 +1,80 @@
+"""The 8-bit Triton templates against the exact reference, in Triton's interpreter on the CPU (small shapes)."""
+
+import pytest
+import torch
+
+from kiln.engine.ir.network import Layer
+from kiln.engine.kernels.registry import RunContext, get_tactic
+from kiln.engine.kernels.triton_epilogue import triton
+
+pytestmark = pytest.mark.skipif(triton is None, reason="needs Triton")
+
+if triton is not None:
+    from kiln.engine.kernels.triton_quantized_gemm import qconv_1x1_triton, qlinear_triton, qmatmul_triton, weight_k_by_n
+
+RUN = RunContext({})
+SMALL = (16, 16, 32, 4, 1)  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages: several tiles and K steps at these shapes
+
+
+def _attrs(**extra):
+    attrs = {"qdtype": "int8", "x_scale": 0.02, "x_zero_point": 0, "activation": None, "activation_attrs": {}}
+    attrs.update(residual=False, out_dtype="float32", dtype="float32")
+    attrs.update(extra)
+    return attrs
+
+
+def _int8(*shape, low=-128):
+    return torch.randint(low, 128, shape, dtype=torch.int8)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"x_zero_point": 5, "activation": "relu"},
+        {"activation": "silu", "residual": True},
+        {"out_dtype": "int8", "out_scale": 0.05, "out_zero_point": 0},
+        {"x_zero_point": -3, "out_dtype": "int8", "out_scale": 0.1, "out_zero_point": 4, "activation": "relu"},
+    ],
+)
+def test_qlinear_kernel_matches_reference(extra):
+    torch.manual_seed(0)
+    x, w = _int8(3, 13, 40), _int8(24, 40, low=-127)
+    bias, w_scale = torch.randn(24), torch.rand(24) * 0.01 + 1e-3
+    residual = torch.randn(3, 13, 24) if extra.get("residual") else None
+    layer = Layer("qlinear", "q", ["x", "w", "b", "r" if residual is not None else None, "s"], ["y"], _attrs(**extra))
+    ref = get_tactic("qlinear", "reference").fn(layer, [x, w, bias, residual, w_scale], RUN)
+    w_kn = weight_k_by_n(layer, {"w": w})["w"]
+    out = qlinear_triton(SMALL)(layer, [x, w_kn, bias, residual, w_scale], RUN)
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    if ref.dtype == torch.int8:
+        # Requantized: the same integers, except where FP32 contraction moves a value across a rounding edge.
+        assert (out.int() - ref.int()).abs().max() <= 1 and (out != ref).float().mean() < 0.01
+    else:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_qmatmul_kernel_batched_on_a_transposed_operand():
+    torch.manual_seed(1)
+    a = _int8(2, 3, 17, 32)
+    k = _int8(2, 3, 20, 32)
+    b = k.transpose(-1, -2)  # attention's q @ k^T: read in place through strides
+    layer = Layer("qmatmul", "q", ["a", "b", None, None, "s"], ["y"], _attrs(x_scale=0.1))
+    w_scale = torch.tensor([0.03])
+    ref = get_tactic("qmatmul", "reference").fn(layer, [a, b, None, None, w_scale], RUN)
+    out = qmatmul_triton(SMALL)(layer, [a, b, None, None, w_scale], RUN)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_qconv_1x1_kernel_writes_nhwc():
+    torch.manual_seed(2)
+    x = _int8(2, 24, 5, 3).contiguous(memory_format=torch.channels_last)
+    w = _int8(20, 24, 1, 1, low=-127)
+    residual = torch.randn(2, 20, 5, 3)
+    conv = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1}
+    layer = Layer("qconv", "q", ["x", "w", None, "r", "s"], ["y"], _attrs(**conv, residual=True, activation="relu"))
+    w_scale = torch.rand(20) * 0.01
+    ref = get_tactic("qconv", "reference").fn(layer, [x, w, None, residual, w_scale], RUN)
+    out = qconv_1x1_triton(SMALL)(layer, [x, weight_k_by_n(layer, {"w": w})["w"], None, residual, w_scale], RUN)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
