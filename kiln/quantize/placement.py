@@ -176,6 +176,8 @@ def quantize_network(network: Network, spec: QuantSpec, keep: dict[str, str], fl
             w_q, scales = w
             w_desc = network.add_constant(f"{layer.inputs[1]}_q", w_q.to(STORAGE[qdtype]) if qdtype == "fp8" else w_q)
             inputs[1] = w_desc.name
+            if layer.kind in ("conv", "conv_epilogue"):
+                attrs["kernel_size"] = list(w_q.shape[2:])  # kernels read it once the weight is laid out for them
             inputs[4] = network.add_constant(f"{layer.inputs[1]}_scale", torch.tensor(scales, dtype=torch.float32)).name
         attrs["quantization"] = f"{qdtype}: {spec.source}"
         qlayer = Layer(QUANTIZED_KINDS[layer.kind], layer.name, inputs, list(layer.outputs), attrs, None, layer.source)

@@ -78,3 +78,29 @@ def test_qconv_1x1_kernel_writes_nhwc():
     out = qconv_1x1_triton(SMALL)(layer, [x, weight_k_by_n(layer, {"w": w})["w"], None, residual, w_scale], RUN)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "conv, extra",
+    [
+        ({"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1]}, {}),
+        ({"stride": [2, 2], "padding": [1, 1], "dilation": [1, 1]}, {"x_zero_point": 9, "activation": "relu"}),
+        ({"stride": [1, 1], "padding": [2, 2], "dilation": [2, 2]}, {"out_dtype": "int8", "out_scale": 0.2, "out_zero_point": 0}),
+    ],
+)
+def test_qconv_implicit_gemm_kernel_matches_reference(conv, extra):
+    from kiln.engine.kernels.triton_quantized_conv import qconv_triton, weight_taps_by_n
+
+    torch.manual_seed(3)
+    x = _int8(2, 8, 7, 6)
+    w = _int8(12, 8, 3, 3, low=-127)
+    bias, w_scale = torch.randn(12), torch.rand(12) * 0.01 + 1e-3
+    attrs = _attrs(**conv, groups=1, kernel_size=[3, 3], **extra)
+    layer = Layer("qconv", "q", ["x", "w", "b", None, "s"], ["y"], attrs)
+    ref = get_tactic("qconv", "reference").fn(layer, [x, w, bias, None, w_scale], RUN)
+    out = qconv_triton(SMALL)(layer, [x, weight_taps_by_n(layer, {"w": w})["w"], bias, None, w_scale], RUN)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    if ref.dtype == torch.int8:
+        assert (out.int() - ref.int()).abs().max() <= 1 and (out != ref).float().mean() < 0.01
+    else:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,132 @@
+"""INT8 and FP8 convolution in Triton: implicit GEMM over NHWC, for qconv with groups=1 (any kernel size,
+stride, padding, dilation).
+
+Row m of the implicit A matrix is one output pixel (n, oh, ow), column k one filter tap
+(r, s, c) with c fastest, so each load reads channels that lie together in NHWC memory. Taps
+that fall in the padding read the activation zero point (the quantized value of 0.0), so the
+zero-point compensation of the integer accumulator stays exact at the borders. Then the shared
+8-bit tail (triton_quantized_common) before the single write of the NHWC output.
+Grouped and depthwise qconvs run on the reference tactic (cuDNN FP32 on exact integers).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kiln.engine.kernels.registry import tactic
+from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows, triton
+from kiln.engine.kernels.triton_quantized_common import (
+    EPILOGUE_TAIL,
+    RESIDUAL_LOAD,
+    TILE_CONFIGS,
+    accumulator_type,
+    applies,
+    epilogue_args,
+    output_dtype,
+)
+from kiln.engine.kernels.triton_quantized_gemm import is_pointwise_qconv
+
+TEMPLATE = (
+    """
+@triton.jit(do_not_specialize=["M", "x_zp"])
+def qconv_kernel(
+    x_ptr, w_ptr, scale_ptr, bias_ptr, res_ptr, c_ptr, M, N, K,
+    H, W, C, OH, OW, SH, SW, PH, PW, DH, DW, KW,
+    x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax,
+    HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    n_idx = rm // (OH * OW)
+    pix = rm % (OH * OW)
+    oh = pix // OW
+    ow = pix % OW
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
+    colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        c = kk % C
+        tap = kk // C
+        r = tap // KW
+        s = tap % KW
+        ih = oh[:, None] * SH - PH + r[None, :] * DH
+        iw = ow[:, None] * SW - PW + s[None, :] * DW
+        inside = (rm[:, None] < M) & (kk[None, :] < K) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a_offsets = ((n_idx[:, None] * H + ih) * W + iw) * C + c[None, :]
+        a = tl.load(x_ptr + a_offsets, mask=inside, other=0)
+        if HAS_ZP:
+            a = tl.where(inside, a, x_zp.to(tl.int8))
+        b = tl.load(w_ptr + kk[:, None] * N + rn[None, :], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0)
+        acc += tl.dot(a, b, out_dtype=ACC_TYPE)
+        if HAS_ZP:
+            colsum += tl.sum(b.to(tl.int32), axis=0)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    offsets = rm[:, None] * N + rn[None, :]
+"""
+    + EPILOGUE_TAIL
+)
+
+
+def weight_taps_by_n(layer, weights: dict) -> dict:
+    """[Cout, Cin, KH, KW] → [KH * KW * Cin, Cout]: the implicit GEMM's B, channels fastest within a tap."""
+    name = layer.inputs[1]
+    w = weights[name]
+    return {name: w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()}
+
+
+def qconv_nhwc(layer, x: torch.Tensor, w_taps: torch.Tensor, bias, residual, w_scale, config) -> torch.Tensor:
+    a = layer.attrs
+    n, c, h, w = x.shape
+    kh, kw = layer_kernel_size(layer, w_taps, c)
+    (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cout = w_taps.shape[1]
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    out = torch.empty((n, oh, ow, cout), dtype=output_dtype(layer), device=x.device)
+    res = nhwc_rows(residual) if residual is not None else None
+    m, k = n * oh * ow, w_taps.shape[0]
+    block_m, block_n, block_k, warps, stages = config
+    grid = (triton.cdiv(m, block_m), triton.cdiv(cout, block_n))
+    source = TEMPLATE.replace("ACC_TYPE", accumulator_type(a["qdtype"]))
+    kernel = load_template(source, "qconv_kernel", a, RESIDUAL_LOAD if res is not None else None)
+    kernel[grid](
+        x_nhwc, w_taps, w_scale, bias if bias is not None else w_scale, res if res is not None else out, out, m, cout, k,
+        h, w, c, oh, ow, sh, sw, ph, pw, dh, dw, kw,
+        **epilogue_args(layer, w_scale, bias, residual),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return out.permute(0, 3, 1, 2)
+
+
+def layer_kernel_size(layer, w_taps: torch.Tensor, cin: int) -> tuple[int, int]:
+    kh, kw = layer.attrs["kernel_size"]
+    if w_taps.dim() != 2 or w_taps.shape[0] != kh * kw * cin:
+        raise ValueError("triton qconv runs only with the [KH*KW*Cin, Cout] weight its prepare made")
+    return kh, kw
+
+
+def qconv_triton(config):
+    def run(layer, inputs, run_ctx):
+        x, w_taps, bias, residual, w_scale = inputs
+        return qconv_nhwc(layer, x, w_taps, bias, residual, w_scale, config)
+
+    return run
+
+
+def _applies(layer, target, qdtype: str) -> bool:
+    return applies(layer, target, qdtype) and layer.attrs["groups"] == 1 and not is_pointwise_qconv(layer)
+
+
+for _qdtype in ("int8", "fp8"):
+    for _config in TILE_CONFIGS:
+        tactic(
+            "qconv",
+            f"triton_{_qdtype}_conv_{_config[0]}x{_config[1]}x{_config[2]}",
+            when=lambda layer, target, q=_qdtype: _applies(layer, target, q),
+            prepare=weight_taps_by_n,
+        )(qconv_triton(_config))
