@@ -18,8 +18,8 @@ class SmallMLP(torch.nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
-class WithCumsum(torch.nn.Module):
-    """Supported ops, an unsupported op (cumsum), then supported ops again."""
+class WithCumprod(torch.nn.Module):
+    """Supported ops, an unsupported op (cumprod), then supported ops again."""
 
     def __init__(self):
         super().__init__()
@@ -27,7 +27,7 @@ class WithCumsum(torch.nn.Module):
 
     def forward(self, x):
         h = torch.relu(self.fc(x)) * 2 + 1
-        h = torch.cumsum(h, dim=1)
+        h = torch.cumprod(h, dim=1)
         return torch.sigmoid(h) - 0.5
 
 
@@ -95,24 +95,24 @@ def test_capture_error_is_a_kiln_error():
 
 def test_unsupported_op_falls_back_to_pytorch_and_is_reported():
     torch.manual_seed(0)
-    model = WithCumsum().eval()
+    model = WithCumprod().eval()
     x = torch.randn(2, 8)
     compiled = kiln.compile(model, [x], min_block_size=1)
     with torch.no_grad():
         assert_outputs_match(compiled(x), model(x))
     rows = {r.op: r for r in compiled.report.rows}
-    assert rows["aten.cumsum.default"].where == "pytorch"
-    assert rows["aten.cumsum.default"].reason == "unsupported op"
+    assert rows["aten.cumprod.default"].where == "pytorch"
+    assert rows["aten.cumprod.default"].reason == "unsupported op"
     assert rows["aten.linear.default"].where == "engine"
-    assert len(compiled.engine_blocks) == 2, "the ops before and after cumsum form two engine blocks"
-    assert "aten.cumsum.default: unsupported op" in compiled.report.table()
+    assert len(compiled.engine_blocks) == 2, "the ops before and after cumprod form two engine blocks"
+    assert "aten.cumprod.default: unsupported op" in compiled.report.table()
 
 
 def test_require_full_compilation_lists_the_ops():
     with pytest.raises(kiln.UnsupportedOpError) as info:
-        kiln.compile(WithCumsum().eval(), [torch.randn(2, 8)], require_full_compilation=True)
+        kiln.compile(WithCumprod().eval(), [torch.randn(2, 8)], require_full_compilation=True)
     message = str(info.value)
-    assert "cumsum" in message and "aten.cumsum.default" in message and "unsupported op" in message
+    assert "cumprod" in message and "aten.cumprod.default" in message and "unsupported op" in message
     assert "require_full_compilation=False" in message
 
 
@@ -142,9 +142,9 @@ def test_torch_executed_ops_forces_an_op_to_pytorch(op):
 
 def test_blocks_smaller_than_min_block_size_stay_in_pytorch():
     torch.manual_seed(0)
-    model = WithCumsum().eval()
+    model = WithCumprod().eval()
     x = torch.randn(2, 8)
-    # Before cumsum: linear, relu, mul, add (4 ops); after: sigmoid, sub (2 ops).
+    # Before cumprod: linear, relu, mul, add (4 ops); after: sigmoid, sub (2 ops).
     compiled = kiln.compile(model, [x], min_block_size=3)
     after = [r for r in compiled.report.rows if r.op in ("aten.sigmoid.default", "aten.sub.Tensor")]
     assert after and all(r.where == "pytorch" for r in after)
@@ -173,17 +173,17 @@ def test_min_block_size_must_be_positive():
 
 
 def test_dryrun_returns_the_report_without_building():
-    report = kiln.compile(WithCumsum().eval(), [torch.randn(2, 8)], min_block_size=1, dryrun=True)
+    report = kiln.compile(WithCumprod().eval(), [torch.randn(2, 8)], min_block_size=1, dryrun=True)
     assert isinstance(report, PartitionReport)
     assert report.pytorch_ops == 1 and report.engine_ops > 0
     assert not report.layers, "a dry run builds no engine"
 
 
 def test_debug_prints_the_table(capsys):
-    kiln.compile(WithCumsum().eval(), [torch.randn(2, 8)], min_block_size=1, debug=True)
+    kiln.compile(WithCumprod().eval(), [torch.randn(2, 8)], min_block_size=1, debug=True)
     out = capsys.readouterr().out
     assert "Kiln partition report" in out
-    assert "aten.cumsum.default" in out and "unsupported op" in out
+    assert "aten.cumprod.default" in out and "unsupported op" in out
     assert "layers and tactics" in out
 
 

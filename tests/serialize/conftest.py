@@ -5,7 +5,7 @@ import kiln
 
 
 class MixedModel(torch.nn.Module):
-    """Engine blocks, a PyTorch fallback op (cumsum), a fallback constant, and nested dict outputs."""
+    """Engine blocks, a PyTorch fallback op (cumprod), a fallback constant, and nested dict outputs."""
 
     def __init__(self):
         super().__init__()
@@ -16,7 +16,7 @@ class MixedModel(torch.nn.Module):
     def forward(self, x, scale):
         h = torch.relu(self.fc1(x))
         h = self.fc2(h) * scale
-        c = torch.cumsum(h, dim=1) + self.offset
+        c = torch.cumprod(h, dim=1) + self.offset
         return {"sum": c, "parts": [torch.sigmoid(c), (h > 0)]}
 
 
