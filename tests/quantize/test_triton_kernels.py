@@ -104,3 +104,17 @@ def test_qconv_implicit_gemm_kernel_matches_reference(conv, extra):
         assert (out.int() - ref.int()).abs().max() <= 1 and (out != ref).float().mean() < 0.01
     else:
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_quantize_kernel_matches_reference_and_keeps_the_memory_order(memory_format):
+    from kiln.engine.kernels.triton_quantize import quantize_triton
+
+    torch.manual_seed(4)
+    x = (torch.randn(2, 6, 5, 7) * 3).to(memory_format=memory_format)
+    x[0, 0, 0, :4] = torch.tensor([0.25, 0.75, -0.25, 1.25])  # halves: round to even
+    layer = Layer("quantize", "q", ["x"], ["y"], {"scale": 0.5, "zero_point": 3, "qmin": -128, "qmax": 127, "qdtype": "int8"})
+    ref = get_tactic("quantize", "reference").fn(layer, [x], RUN)
+    out = quantize_triton(layer, [x], RUN)
+    assert torch.equal(out, ref)
+    assert out.is_contiguous(memory_format=memory_format)

@@ -1,0 +1,61 @@
+"""The `quantize` layer in one Triton kernel: FP16/FP32 → int8 or e4m3, in the input's own memory order.
+
+The reference is five element-wise PyTorch kernels (divide, round, add, clamp, cast), each a
+trip through memory; here one read and one 1-byte write. The output keeps the input's strides
+(NHWC stays NHWC for the next implicit-GEMM conv). Rounding as the reference: an IEEE division
+rounded to nearest, then rint (half to even).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kiln.engine.kernels.codegen.triton_source import load_kernel
+from kiln.engine.kernels.registry import tactic
+from kiln.engine.kernels.triton_epilogue import MODULE_HEADER, triton
+
+SOURCE = (
+    MODULE_HEADER
+    + """
+@triton.jit(do_not_specialize=["numel"])
+def quantize_kernel(x_ptr, q_ptr, numel, scale, zp, qmin, qmax, FP8: tl.constexpr, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < numel
+    y = tl.math.div_rn(tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32), scale)
+    if FP8:
+        tl.store(q_ptr + offsets, tl.minimum(tl.maximum(y, -448.0), 448.0).to(tl.float8e4nv), mask=mask)
+    else:
+        q = tl.minimum(tl.maximum(libdevice.rint(y) + zp, qmin), qmax)
+        tl.store(q_ptr + offsets, q.to(tl.int8), mask=mask)
+"""
+)
+BLOCK = 1024
+
+
+def is_dense(x: torch.Tensor) -> bool:
+    return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+
+
+def quantize_triton(layer, inputs, run):
+    x = inputs[0]
+    if not is_dense(x):
+        x = x.contiguous()
+    a = layer.attrs
+    fp8 = a["qdtype"] == "fp8"
+    out = torch.empty_like(x, dtype=torch.float8_e4m3fn if fp8 else torch.int8)
+    numel = x.numel()
+    kernel = load_kernel(SOURCE, "quantize_kernel")
+    kernel[(triton.cdiv(numel, BLOCK),)](
+        x, out, numel, float(a["scale"]), float(a.get("zero_point", 0)), float(a.get("qmin", -128)), float(a.get("qmax", 127)),
+        FP8=fp8, BLOCK=BLOCK,
+    )  # fmt: skip
+    return out
+
+
+def _applies(layer, target) -> bool:
+    if triton is None or not target.is_cuda:
+        return False
+    return layer.attrs["qdtype"] == "int8" or torch.cuda.get_device_capability(target.device) >= (8, 9)
+
+
+tactic("quantize", "triton_quantize", when=_applies)(quantize_triton)
