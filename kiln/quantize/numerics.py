@@ -67,7 +67,9 @@ def per_channel_weight(w: torch.Tensor, axis: int, qdtype: str) -> tuple[torch.T
 
 def channel_scale(w_scale: torch.Tensor, x_scale: float) -> torch.Tensor:
     """w_scale[c] * x_scale in FP32, the per-output-channel factor of the epilogue (kernels compute it the same way)."""
-    return w_scale.float() * torch.tensor(x_scale, dtype=torch.float32, device=w_scale.device)
+    # x_scale rounded to FP32 first: the product is then one FP32 rounding, as in the kernels. A Python
+    # scalar (not a new device tensor) keeps this free of host-to-device copies inside CUDA-graph capture.
+    return w_scale.float() * float(torch.tensor(x_scale, dtype=torch.float32))
 
 
 def finish(acc: torch.Tensor, attrs: dict, channel_dim: int, bias, residual, w_scale: torch.Tensor, activation_fn) -> torch.Tensor:
