@@ -13,7 +13,7 @@ from kiln.engine.builder import build_plan
 from kiln.engine.convert import convert_graph
 from kiln.engine.module import EngineModule
 from kiln.engine.optimize import optimize_network
-from kiln.errors import KilnError
+from kiln.errors import KilnError, SmallSizeError
 from kiln.lowering import lower
 from kiln.module import CompiledModule
 from kiln.partition import partition
@@ -21,6 +21,7 @@ from kiln.quantize.block import attach_calibration, record_quantization
 from kiln.report.partition_report import PartitionReport
 from kiln.report.sparsity import record_sparsity
 from kiln.settings import CompileSettings, normalize_executed_ops
+from kiln.size_variants import SizeVariants, size_variant_inputs
 
 
 def compile(
@@ -73,6 +74,18 @@ def compile(
     try:
         with torch.no_grad():
             captured = capture(module, arg_inputs, kwarg_inputs, settings)
+    except SmallSizeError as exc:
+        # The model treats a size below 2 specially: one engine per small size, one for the rest.
+        variants = size_variant_inputs(exc, arg_inputs, kwarg_inputs)
+        if variants is None:
+            raise
+        settings_kwargs = dict(
+            enabled_precisions=enabled_precisions, min_block_size=min_block_size, torch_executed_ops=torch_executed_ops,
+            require_full_compilation=require_full_compilation, truncate_double=truncate_double, device=device, debug=debug,
+            dryrun=dryrun, **options,
+        )  # fmt: skip
+        compiled = [compile(module, args, kwarg_inputs=kwargs, **settings_kwargs) for args, kwargs in variants]
+        return compiled[-1] if dryrun else SizeVariants(compiled)
     finally:
         if was_training:
             module.train()

@@ -9,6 +9,19 @@ class CaptureError(KilnError):
     """torch.export could not capture the model."""
 
 
+class SmallSizeError(CaptureError):
+    """The graph torch.export traced from size 2 up does not hold at a smaller size of the range.
+
+    `small` maps each such symbol to its smallest size; `specs` are the captured input specs
+    (with their symbolic shapes), so kiln.compile can build a separate engine for those sizes.
+    """
+
+    def __init__(self, message: str, small: dict | None = None, specs: list | None = None):
+        super().__init__(message)
+        self.small = small or {}
+        self.specs = specs or []
+
+
 class UnsupportedOpError(KilnError):
     """require_full_compilation=True and some ops cannot run on the engine."""
 

@@ -25,7 +25,7 @@ from torch.export import Dim
 
 from kiln.capture.input_spec import Input
 from kiln.engine.ir.symbolic import evaluate, evaluate_shape, is_static, shape_of, symbols_in
-from kiln.errors import CaptureError, InputMismatchError
+from kiln.errors import CaptureError, InputMismatchError, SmallSizeError
 
 # The smallest size torch.export traces a dynamic dimension at without specialising it.
 EXPORT_MIN = 2
@@ -169,17 +169,17 @@ def verify_small_sizes(
     except Exception:
         # The model itself refuses these example values (an index past a size-1 table, say): the
         # values say nothing about the capture, so only the shapes the graph records are checked.
-        _verify_small_shapes(gm, env, examples, what)
+        _verify_small_shapes(gm, env, examples, what, small, specs)
         return
     try:
         with torch.no_grad():
             checker = _ShapeChecker(gm, env)
             got = list(checker.run(*examples))
     except Exception as exc:
-        raise _small_size_error(what, f"running it there failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        raise _small_size_error(what, f"running it there failed ({type(exc).__name__}: {str(exc).splitlines()[0]})", small, specs) from exc
     problem = checker.problem or _compare(got, expected)
     if problem:
-        raise _small_size_error(what, problem)
+        raise _small_size_error(what, problem, small, specs)
 
 
 def verify_largest_sizes(
@@ -221,7 +221,7 @@ def verify_largest_sizes(
         )
 
 
-def _verify_small_shapes(gm: torch.fx.GraphModule, env: dict[str, int], examples: list[torch.Tensor], what: str) -> None:
+def _verify_small_shapes(gm: torch.fx.GraphModule, env: dict[str, int], examples: list[torch.Tensor], what: str, small, specs) -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
@@ -230,9 +230,10 @@ def _verify_small_shapes(gm: torch.fx.GraphModule, env: dict[str, int], examples
         try:
             checker.run(*fakes)
         except Exception as exc:
-            raise _small_size_error(what, f"running it there failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+            failed = f"running it there failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            raise _small_size_error(what, failed, small, specs) from exc
     if checker.problem:
-        raise _small_size_error(what, checker.problem)
+        raise _small_size_error(what, checker.problem, small, specs)
 
 
 def check_symbols(values: Sequence[torch.Tensor], specs: Sequence[Input]) -> None:
@@ -331,12 +332,14 @@ def _compare(got: list, expected: list) -> str | None:
     return None
 
 
-def _small_size_error(what: str, problem: str) -> CaptureError:
-    return CaptureError(
+def _small_size_error(what: str, problem: str, small: dict[str, int] | None = None, specs: list[Input] | None = None) -> CaptureError:
+    return SmallSizeError(
         f"the range includes {what}, but torch.export traces dynamic sizes from {EXPORT_MIN} up, and the graph it "
         f"captured does not hold at that size: {problem}. The model treats that size specially (a squeeze, a "
         f"broadcast, or a branch on the size). What to do: start the range at {EXPORT_MIN} and compile a second "
-        "module with the static small size for those calls."
+        "module with the static small size for those calls.",
+        small,
+        specs,
     )
 
 

@@ -244,13 +244,27 @@ class BranchesOnBatch(torch.nn.Module):
         return x * 0 if x.shape[0] == 1 else torch.relu(x) + 1
 
 
-def test_size_one_minimum_is_verified_against_the_model():
-    with pytest.raises(kiln.CaptureError, match=r"dim 0 = 1.*from 2 up.*squeeze.*makes shape \(4,\)"):
-        compile_ranged(SqueezesBatch(), [kiln.Input(min_shape=(1, 4), opt_shape=(4, 4), max_shape=(16, 4))])
-    with pytest.raises(kiln.CaptureError, match=r"dim 0 = 1.*output 0 differs"):
-        compile_ranged(BranchesOnBatch(), [kiln.Input(min_shape=(1, 4), opt_shape=(4, 4), max_shape=(16, 4))])
-    compiled = compile_ranged(SqueezesBatch(), [kiln.Input(min_shape=(2, 4), opt_shape=(4, 4), max_shape=(16, 4))])
-    check_sizes(SqueezesBatch(), compiled, lambda b: [torch.randn(b, 4)], [2, 16])
+@pytest.mark.parametrize("model", [SqueezesBatch(), BranchesOnBatch()], ids=["squeeze", "branch"])
+def test_size_one_the_model_treats_specially_gets_an_engine_of_its_own(model):
+    from kiln.size_variants import SizeVariants
+
+    compiled = compile_ranged(model, [kiln.Input(min_shape=(1, 4), opt_shape=(4, 4), max_shape=(16, 4))])
+    assert isinstance(compiled, SizeVariants)
+    assert [v.input_specs[0].describe() for v in compiled.variants] == ["(1, 4) float32", "(2..16, 4) float32"]
+    check_sizes(model, compiled, lambda b: [torch.randn(b, 4)], [1, 2, 7, 16])
+    with pytest.raises(kiln.InputMismatchError, match="outside the compiled range"):
+        compiled(torch.randn(17, 4))
+
+
+class SqueezesThreeDims(torch.nn.Module):
+    def forward(self, x):
+        return torch.relu(x.squeeze()) + 1
+
+
+def test_too_many_small_sizes_treated_specially_is_refused_with_what_to_do():
+    spec = kiln.Input(min_shape=(1, 1, 1), opt_shape=(2, 3, 4), max_shape=(4, 4, 8))
+    with pytest.raises(kiln.CaptureError, match=r"from 2 up.*start the range at 2"):
+        compile_ranged(SqueezesThreeDims(), [spec])
 
 
 def test_opt_of_one_is_allowed():
