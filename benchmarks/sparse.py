@@ -263,8 +263,13 @@ def main(argv=None) -> int:
     env = environment(smoke=args.smoke)
     if not args.smoke:
         torch.backends.cudnn.benchmark = True
+    names = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        print(f"benchmarks/sparse.py: unknown case(s) {unknown}; the cases are {CASES}")
+        return 2
     rows: list[dict] = []
-    for name in [c.strip() for c in args.cases.split(",") if c.strip()]:
+    for name in names:
         make: Callable[[], Case | None] = lambda n=name: make_case(n, args.smoke, device, torch.half)  # noqa: E731
         case = make()
         if case is None:
