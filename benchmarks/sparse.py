@@ -32,7 +32,6 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -270,8 +269,7 @@ def main(argv=None) -> int:
         return 2
     rows: list[dict] = []
     for name in names:
-        make: Callable[[], Case | None] = lambda n=name: make_case(n, args.smoke, device, torch.half)  # noqa: E731
-        case = make()
+        case = make_case(name, args.smoke, device, torch.half)
         if case is None:
             continue
         rows.extend(run_case(case, timed=not args.smoke, args=args))
