@@ -62,7 +62,7 @@ def test_vit_with_multihead_attention_exports():
 
 @pytest.fixture(scope="module")
 def fallback():
-    model, args = zoo.cumsum_in_the_middle()
+    model, args = zoo.cumprod_in_the_middle()
     compiled = kiln.compile(model, list(args), min_block_size=1)
     return model, args, compiled
 
@@ -79,9 +79,9 @@ def test_fallback_model_report(fallback):
     _, _, compiled = fallback
     report = compiled.report
     fallback_rows = report.fallback
-    assert [(r.op, r.reason) for r in fallback_rows] == [("aten.cumsum.default", "unsupported op")], report.table()
+    assert [(r.op, r.reason) for r in fallback_rows] == [("aten.cumprod.default", "unsupported op")], report.table()
     assert report.engine_ops > 0
-    assert len(compiled.engine_blocks) == 2, "one engine block before the cumsum, one after"
+    assert len(compiled.engine_blocks) == 2, "one engine block before the cumprod, one after"
 
 
 def test_fallback_model_save_load_round_trip(fallback, tmp_path):
@@ -90,10 +90,10 @@ def test_fallback_model_save_load_round_trip(fallback, tmp_path):
     loaded = kiln.load(tmp_path / "fallback.kiln")
     with torch.no_grad():
         assert_outputs_match(loaded(*args), compiled(*args), rtol=0.0)
-    assert [r.op for r in loaded.report.fallback] == ["aten.cumsum.default"]
+    assert [r.op for r in loaded.report.fallback] == ["aten.cumprod.default"]
 
 
 def test_fallback_model_refuses_full_compilation():
-    model, args = zoo.cumsum_in_the_middle()
-    with pytest.raises(kiln.UnsupportedOpError, match="aten.cumsum.default"):
+    model, args = zoo.cumprod_in_the_middle()
+    with pytest.raises(kiln.UnsupportedOpError, match="aten.cumprod.default"):
         kiln.compile(model, list(args), require_full_compilation=True)

@@ -243,8 +243,8 @@ def vit_mha():
 # --- a model with an op the engine does not have, and dict outputs ---------------------------------
 
 
-class CumsumInTheMiddle(nn.Module):
-    """Engine-friendly layers around torch.cumsum (no converter): the cumsum must fall back to PyTorch."""
+class CumprodInTheMiddle(nn.Module):
+    """Engine-friendly layers around torch.cumprod (no converter): the cumprod must fall back to PyTorch."""
 
     def __init__(self):
         super().__init__()
@@ -253,14 +253,14 @@ class CumsumInTheMiddle(nn.Module):
 
     def forward(self, x):
         h = self.encoder(x)
-        running = torch.cumsum(h, dim=1)
+        running = torch.cumprod(h, dim=1)
         logits = self.decoder(running)
         return {"logits": logits, "extras": {"probs": torch.softmax(logits, dim=-1), "hidden": [h, running]}}
 
 
-def cumsum_in_the_middle():
+def cumprod_in_the_middle():
     torch.manual_seed(6)
-    return CumsumInTheMiddle().eval(), (torch.randn(4, 16),)
+    return CumprodInTheMiddle().eval(), (torch.randn(4, 16),)
 
 
 PURE_MODELS = {
