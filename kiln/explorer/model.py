@@ -37,7 +37,8 @@ def block_json(name: str, plan: Plan) -> dict:
     layers = []
     for i, step in enumerate(plan.steps):
         layer = step.layer
-        sources = [s.strip() for s in layer.source.split(",") if s.strip()]
+        # Fusion passes join the sources of the layers they merge with " + " (optimize/fuse_conv.py).
+        sources = [s.strip() for s in layer.source.split(" + ") if s.strip()]
         layers.append(
             {
                 "index": i,

@@ -91,6 +91,18 @@ def test_memory_matches_the_plan(compiled):
         assert [layer["tactic"] for layer in block["layers"]] == [s.tactic for s in engine.plan.steps]
 
 
+def test_fused_layers_are_marked(compiled):
+    import copy
+
+    from kiln.explorer.model import block_json
+
+    plan = copy.copy(next(iter(compiled.engine_blocks.values())).plan)
+    plan.steps = [copy.deepcopy(s) for s in plan.steps]
+    plan.steps[0].layer.source = "convolution (convolution.default) + relu (relu.default)"
+    layers = block_json("b", plan)["layers"]
+    assert layers[0]["fused"] and not any(layer["fused"] for layer in layers[1:])
+
+
 def chromium(*args: str, profile: str) -> subprocess.CompletedProcess:
     flags = [
         "--headless",
