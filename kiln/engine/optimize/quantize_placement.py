@@ -1,17 +1,22 @@
 """INT8/FP8 placement: conv/linear/matmul layers become 8-bit layers (kiln/quantize/placement.py).
 
-Runs after fusion (a fused conv epilogue is carried into the 8-bit layer) and before precision
-assignment (the 8-bit layers say their own output dtype, so it leaves them alone). With no
-INT8/FP8 precision enabled it does nothing.
+Runs right before precision assignment, whatever the import order of the pass modules: it
+calibrates on the FP32 network, and the 8-bit layers it makes say their own output dtype, so
+precision assignment leaves them alone. A conv epilogue fused before it is carried into the
+8-bit layer; otherwise the 8-bit layer absorbs the residual add and activation itself. With
+no INT8/FP8 precision enabled it does nothing.
 """
 
 from __future__ import annotations
 
 from kiln.engine.ir.network import Network
-from kiln.engine.optimize import OptimizeContext, optimize_pass
+from kiln.engine.optimize import OPTIMIZE_PASSES, OptimizeContext
+from kiln.engine.optimize.precision import assign_precision
 from kiln.quantize.block import quantize_block
 
 
-@optimize_pass
 def place_quantization(network: Network, ctx: OptimizeContext) -> Network:
     return quantize_block(network, ctx.block, ctx.settings)
+
+
+OPTIMIZE_PASSES.insert(OPTIMIZE_PASSES.index(assign_precision), place_quantization)
