@@ -45,6 +45,7 @@ import kiln  # noqa: E402
 from benchmarks.compare import environment, relative_error  # noqa: E402
 from benchmarks.models import TINY_ENCODER, Encoder, EncoderConfig  # noqa: E402
 from kiln.engine.runtime.profiler import call_times  # noqa: E402
+from kiln.report.sparsity import SPARSE_TACTICS  # noqa: E402
 from kiln.sparsity import prune_2to4  # noqa: E402
 
 BERT_LARGE = EncoderConfig(hidden=1024, layers=24, heads=16, ffn=4096)
@@ -128,14 +129,14 @@ def sparse_layers(compiled) -> dict:
 
 
 def gemm_ratio(layers: dict) -> float | None:
-    """Sum of the best dense candidate over the sparse one, across layers where both were timed (the builder's numbers)."""
+    """Sum of the best dense candidate over the best sparse one, across layers where both were timed (the builder's numbers)."""
     dense_total = sparse_total = 0.0
     for info in layers.values():
-        sparse = info["ms"].get("cusparselt_2to4")
-        dense = [ms for tactic, ms in info["ms"].items() if tactic not in ("cusparselt_2to4", "reference")]
-        if sparse is not None and dense:
+        sparse = [ms for tactic, ms in info["ms"].items() if tactic in SPARSE_TACTICS]
+        dense = [ms for tactic, ms in info["ms"].items() if tactic not in SPARSE_TACTICS]
+        if sparse and dense:
             dense_total += min(dense)
-            sparse_total += sparse
+            sparse_total += min(sparse)
     return dense_total / sparse_total if sparse_total else None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kiln.report.table import format_table
 
 SPARSE_ATTR = "sparse_2to4"
-SPARSE_TACTICS = frozenset({"cusparselt_2to4"})
+SPARSE_TACTICS = frozenset({"cusparselt_2to4", "cutlass_2to4"})
 HEADERS = ["layer", "kind", "weight", "2:4", "chosen", "tactic", "candidates (ms)", "why"]
 NO_2TO4_WARNING = (
     "sparse_weights=True, but no linear / matmul / 1x1-conv layer has a 2:4 weight, so every layer runs dense. "
@@ -33,7 +33,7 @@ def _why(info: dict, step, sparse: bool) -> str:
     if info.get("reason"):
         return info["reason"]
     if sparse:
-        return f"fastest (cuSPARSELt alg {info.get('alg_id', 0)})"
+        return f"fastest (cuSPARSELt alg {info.get('alg_id', 0)})" if step.tactic == "cusparselt_2to4" else "fastest"
     if not step.timings:
         return "nothing timed (not a CUDA build): the reference computes it dense"
     if not any(name in SPARSE_TACTICS for name in step.timings):

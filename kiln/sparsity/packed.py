@@ -1,7 +1,8 @@
 """The stored form of a 2:4 weight: one byte tensor that serves both the sparse kernel and a dense fallback.
 
     [ kept values: rows x cols/2 of dtype | positions: one byte per group of four | pad to 256 B |
-      cuSPARSELt's compressed matrix (torch._cslt_compress), when built on a GPU that has it ]
+      the kernel's own form: cuSPARSELt's compressed matrix (torch._cslt_compress), when built on
+      a GPU that has it, or CUTLASS's values and metadata (kernels/sparse_gemm_cutlass.py) ]
 
 cuSPARSELt's compressed layout is opaque (its metadata order is the library's business), so
 it cannot be turned back into the dense weight without a sparse-capable GPU. The first two
@@ -40,8 +41,8 @@ def cslt_numel(rows: int, cols: int) -> int:
     return rows * cols * CSLT_NUMERATOR // CSLT_DENOMINATOR
 
 
-def pack_2to4(matrix: torch.Tensor, compressed: torch.Tensor | None = None) -> torch.Tensor:
-    """The byte tensor for a [rows, cols] 2:4 matrix (cols a multiple of 4), with cuSPARSELt's compressed form if given."""
+def pack_2to4(matrix: torch.Tensor, compressed: torch.Tensor | None = None, *, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """The byte tensor for a [rows, cols] 2:4 matrix (cols a multiple of 4), then cuSPARSELt's compressed form or `extra` bytes."""
     rows, cols = matrix.shape
     if cols % GROUP:
         raise ValueError(f"a packed 2:4 weight needs a reduction dim that is a multiple of {GROUP}, got {cols}")
@@ -62,6 +63,8 @@ def pack_2to4(matrix: torch.Tensor, compressed: torch.Tensor | None = None) -> t
             expected = f"{cslt_numel(rows, cols)} {matrix.dtype}"
             raise ValueError(f"compressed matrix of {compressed.numel()} {compressed.dtype}, expected {expected}")
         body.append(compressed.contiguous().view(torch.uint8).reshape(-1))
+    elif extra is not None:
+        body.append(extra.contiguous().view(torch.uint8).reshape(-1))
     return torch.cat(body)
 
 
@@ -77,9 +80,13 @@ def unpack_dense(packed: torch.Tensor, rows: int, cols: int, dtype: torch.dtype)
     return dense.scatter_(2, positions, values).reshape(rows, cols)
 
 
+def tail_bytes(packed: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """The bytes after the portable segments (a view, 256-byte aligned), or None if there are none."""
+    start = portable_bytes(rows, cols, dtype)
+    return packed[start:] if packed.numel() > start else None
+
+
 def compressed_segment(packed: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor | None:
     """cuSPARSELt's compressed matrix inside `packed` (a view, no copy), or None if it was packed without one."""
-    start = portable_bytes(rows, cols, dtype)
-    if packed.numel() <= start:
-        return None
-    return packed[start:].view(dtype)
+    tail = tail_bytes(packed, rows, cols, dtype)
+    return tail.view(dtype) if tail is not None else None

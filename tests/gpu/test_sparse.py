@@ -122,6 +122,27 @@ def test_sparse_tactic_matches_reference(case):
     _check_tactic(Layer(layer.kind, layer.name, list(layer.inputs), list(layer.outputs), dict(layer.attrs)), make(), torch.half)
 
 
+CUTLASS_CASES = ["linear_no_bias", "addmm", "conv_1x1", "conv_1x1_add_relu"]  # rows % 32 == 0 and reduction % 64 == 0
+
+
+@pytest.mark.parametrize("case", CUTLASS_CASES)
+def test_cutlass_tactic_matches_reference_on_8x_gpus(case):
+    from kiln.engine.kernels import sparse_gemm_cutlass as cutlass
+
+    if not cutlass.cutlass_sparse(CUDA):
+        pytest.skip("PyTorch's CUTLASS sparse kernels run on compute capability 8.x only")
+    torch.manual_seed(0)
+    layer, make = CASES[case]
+    inputs = make()
+    layer = _mark(Layer(layer.kind, layer.name, list(layer.inputs), list(layer.outputs), dict(layer.attrs)), inputs[1])
+    tactic = get_tactic(layer.kind, cutlass.NAME)
+    packed = tactic.prepare(layer, {layer.inputs[1]: inputs[1]})[layer.inputs[1]]
+    run = RunContext({})
+    ref = get_tactic(layer.kind, REFERENCE).fn(layer, inputs, run).float()
+    out = tactic.fn(layer, [inputs[0], packed, *inputs[2:]], run)
+    assert out.shape == ref.shape and relative_error(out.float(), ref) < TOL[torch.half]
+
+
 def test_without_sparse_cores_the_tactic_computes_densely_with_a_warning(monkeypatch):
     torch.manual_seed(0)
     w = _pruned(256, 128, dtype=torch.half)

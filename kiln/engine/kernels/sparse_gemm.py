@@ -17,6 +17,9 @@ only the GPU time remains, and the builder times tactics inside graphs too.
 Where cuSPARSELt cannot run (a GPU below compute capability 8.0, a torch without cuSPARSELt,
 the CPU), the tactic rebuilds the dense pruned weight from the portable copy and computes
 the same product densely, with a warning: never an error, never another answer.
+
+The per-kind functions (gemm_layer_fns) are shared with the CUTLASS tactic
+(sparse_gemm_cutlass.py): only the rows-times-weight GEMM differs between the two.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from kiln.engine.ir.dtypes import dtype_from_name
+from kiln.engine.ir.network import Layer
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import finish_in_place
 from kiln.engine.optimize.sparse_weights import AS_MATRIX, FROM_MATRIX, SPARSE_ATTR
@@ -79,7 +84,7 @@ _warned: set[str] = set()
 _search_lock = threading.Lock()
 
 
-def _dense_fallback(layer, rows: torch.Tensor, packed: torch.Tensor, bias, why: str) -> torch.Tensor:
+def dense_fallback(layer, rows: torch.Tensor, packed: torch.Tensor, bias, why: str) -> torch.Tensor:
     if layer.name not in _warned:
         _warned.add(layer.name)
         warnings.warn(
@@ -110,10 +115,10 @@ def sparse_rows_matmul(layer, rows: torch.Tensor, packed: torch.Tensor, bias) ->
     if info is None:
         raise ValueError(f"{NAME} runs only on layers marked by sparse_weights=True")
     if not sparse_cores(rows.device):
-        return _dense_fallback(layer, rows, packed, bias, f"{rows.device} has no sparse tensor cores usable by cuSPARSELt")
+        return dense_fallback(layer, rows, packed, bias, f"{rows.device} has no sparse tensor cores usable by cuSPARSELt")
     compressed = compressed_segment(packed, info["rows"], info["cols"], dtype_from_name(info["dtype"]))
     if compressed is None:
-        return _dense_fallback(layer, rows, packed, bias, "its weight was packed without cuSPARSELt")
+        return dense_fallback(layer, rows, packed, bias, "its weight was packed without cuSPARSELt")
     m = rows.shape[0]
     pad = (-m) % ROW_MULTIPLE
     rows = F.pad(rows, (0, 0, 0, pad)) if pad else rows.contiguous()
@@ -123,44 +128,53 @@ def sparse_rows_matmul(layer, rows: torch.Tensor, packed: torch.Tensor, bias) ->
     return out[:m] if pad else out
 
 
-@tactic("linear", NAME, when=_offered, prepare=_prepare, unprepare=_unprepare)
-def linear_2to4(layer, inputs, run):
-    x, packed, b = inputs
-    rows = x.reshape(-1, x.shape[-1])
-    return sparse_rows_matmul(layer, rows, packed, b).view(*x.shape[:-1], -1)
+RowsMatmul = Callable[[Layer, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-@tactic("matmul", NAME, when=_offered, prepare=_prepare, unprepare=_unprepare)
-def matmul_2to4(layer, inputs, run):
-    a, packed, bias = inputs
-    alpha, beta = layer.attrs.get("alpha", 1), layer.attrs.get("beta", 1)
-    rows = a.reshape(-1, a.shape[-1])
-    # cuSPARSELt fuses a per-output-column bias; addmm's general bias ([M, N], scaled) is added after.
-    fused = bias is not None and bias.dim() == 1 and alpha == 1 and beta == 1
-    out = sparse_rows_matmul(layer, rows, packed, bias if fused else None)
-    if alpha != 1:
-        out.mul_(alpha)
-    if bias is not None and not fused and beta != 0:
-        out = out + (bias if beta == 1 else beta * bias)
-    return out.view(*a.shape[:-1], -1)
+def gemm_layer_fns(rows_matmul: RowsMatmul) -> dict[str, Callable]:
+    """The tactic function of each layer kind, given `rows_matmul(layer, rows [M, K], packed, bias) -> [M, N]`."""
+
+    def linear(layer, inputs, run):
+        x, packed, b = inputs
+        rows = x.reshape(-1, x.shape[-1])
+        return rows_matmul(layer, rows, packed, b).view(*x.shape[:-1], -1)
+
+    def matmul(layer, inputs, run):
+        a, packed, bias = inputs
+        alpha, beta = layer.attrs.get("alpha", 1), layer.attrs.get("beta", 1)
+        rows = a.reshape(-1, a.shape[-1])
+        # The sparse kernels fuse a per-output-column bias; addmm's general bias ([M, N], scaled) is added after.
+        fused = bias is not None and bias.dim() == 1 and alpha == 1 and beta == 1
+        out = rows_matmul(layer, rows, packed, bias if fused else None)
+        if alpha != 1:
+            out.mul_(alpha)
+        if bias is not None and not fused and beta != 0:
+            out = out + (bias if beta == 1 else beta * bias)
+        return out.view(*a.shape[:-1], -1)
+
+    def conv_rows(layer, x, packed, b):
+        n, c, h, w = x.shape
+        rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, c)
+        out = rows_matmul(layer, rows, packed, b)
+        # [N*H*W, Cout] is NHWC memory: hand it on as a channels-last NCHW tensor, as gemm_1x1 does.
+        return out.view(n, h, w, out.shape[1]).permute(0, 3, 1, 2)
+
+    def conv(layer, inputs, run):
+        x, packed, b = inputs
+        return conv_rows(layer, x, packed, b)
+
+    def conv_epilogue(layer, inputs, run):
+        x, packed, b, residual = inputs
+        # y is this layer's own fresh output: residual and activation overwrite it in one generated pass.
+        return finish_in_place(conv_rows(layer, x, packed, b), residual, layer.attrs)
+
+    return {"linear": linear, "matmul": matmul, "conv": conv, "conv_epilogue": conv_epilogue}
 
 
-def _conv_rows(layer, x: torch.Tensor, packed: torch.Tensor, b) -> torch.Tensor:
-    n, c, h, w = x.shape
-    rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, c)
-    out = sparse_rows_matmul(layer, rows, packed, b)
-    # [N*H*W, Cout] is NHWC memory: hand it on as a channels-last NCHW tensor, as gemm_1x1 does.
-    return out.view(n, h, w, out.shape[1]).permute(0, 3, 1, 2)
+def register_2to4_tactics(name: str, rows_matmul: RowsMatmul, when, prepare) -> None:
+    """One tactic `name` for every GEMM-like kind the sparse_weights pass marks; all share the packed weight's unprepare."""
+    for kind, fn in gemm_layer_fns(rows_matmul).items():
+        tactic(kind, name, when=when, prepare=prepare, unprepare=_unprepare)(fn)
 
 
-@tactic("conv", NAME, when=_offered, prepare=_prepare, unprepare=_unprepare)
-def conv_1x1_2to4(layer, inputs, run):
-    x, packed, b = inputs
-    return _conv_rows(layer, x, packed, b)
-
-
-@tactic("conv_epilogue", NAME, when=_offered, prepare=_prepare, unprepare=_unprepare)
-def conv_1x1_epilogue_2to4(layer, inputs, run):
-    x, packed, b, residual = inputs
-    # y is this layer's own fresh output: residual and activation overwrite it in one generated pass.
-    return finish_in_place(_conv_rows(layer, x, packed, b), residual, layer.attrs)
+register_2to4_tactics(NAME, sparse_rows_matmul, _offered, _prepare)
