@@ -103,14 +103,19 @@ def test_dense_fallback_equals_the_reference_with_the_pruned_weight(case, monkey
     assert torch.equal(sparse.unprepare(layer, packed), inputs[1])
 
 
-def test_offered_only_for_marked_layers_that_qualify():
-    cpu = BuildTarget(torch.device("cpu"), torch.float16)
+def test_offered_only_for_marked_qualifying_layers_on_sparse_gpus(monkeypatch):
     layer, inputs = _cases()["linear"]
-    assert sparse_gemm.NAME not in [t.name for t in tactics_for(layer, cpu)]
+    cpu, gpu = BuildTarget(torch.device("cpu"), torch.float16), BuildTarget(torch.device("cuda", 0), torch.float16)
+    monkeypatch.setattr(sparse_gemm, "sparse_cores", lambda device: device.type == "cuda")  # as on an A100/H100
+
+    def offered(target):
+        return sparse_gemm.NAME in [t.name for t in tactics_for(layer, target)]
+
+    assert not offered(gpu)  # not marked by the sparse_weights pass
     _mark(layer, inputs[1])
-    assert sparse_gemm.NAME in [t.name for t in tactics_for(layer, cpu)]
+    assert offered(gpu) and not offered(cpu)
     layer.attrs[SPARSE_ATTR]["reason"] = "outputs 60 not a multiple of 16"
-    assert sparse_gemm.NAME not in [t.name for t in tactics_for(layer, cpu)]
+    assert not offered(gpu)
 
 
 def test_cutlass_tactic_stores_the_layout_torch_decodes_and_falls_back_densely_off_8x_gpus(monkeypatch):

@@ -15,8 +15,10 @@ activation of a fused conv epilogue are applied in place right after. Eagerly ea
 only the GPU time remains, and the builder times tactics inside graphs too.
 
 Where cuSPARSELt cannot run (a GPU below compute capability 8.0, a torch without cuSPARSELt,
-the CPU), the tactic rebuilds the dense pruned weight from the portable copy and computes
-the same product densely, with a warning: never an error, never another answer.
+the CPU) the tactic is not offered, and kiln.load re-targets a plan built with it: the layer
+gets a dense tactic and the dense pruned weight (_unprepare). Should the tactic run there all
+the same (a plan run without kiln.load), it rebuilds the dense weight from the portable copy
+and computes the same product densely, with a warning: never an error, never another answer.
 
 The per-kind functions (gemm_layer_fns) are shared with the CUTLASS tactic
 (sparse_gemm_cutlass.py): only the rows-times-weight GEMM differs between the two.
@@ -62,9 +64,9 @@ def _offered(layer, target) -> bool:
     info = _info(layer)
     if info is None or info.get("reason") is not None:
         return False
-    # A CPU build never times it (the reference is chosen), and a plan built with it must load
-    # anywhere: off the sparse GPUs it computes densely.
-    return not target.is_cuda or sparse_cores(target.device) or "alg_id" in info
+    # Elsewhere kiln.load re-targets a plan built with it (builder/retarget.py): the layer gets a
+    # dense tactic and the dense pruned weight, unpacked once by _unprepare.
+    return target.is_cuda and sparse_cores(target.device)
 
 
 def _prepare(layer, weights: dict) -> dict:
