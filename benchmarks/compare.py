@@ -14,7 +14,8 @@ they are not counted; Kiln's own weight copy is).
 
 Modes: eager = the FP16 model as is; ts = torch.jit.optimize_for_inference(torch.jit.trace(m, x));
 inductor-ro = torch.compile(m, mode="reduce-overhead"), channels-last for CNNs; kiln =
-kiln.compile(m, inputs=[x], enabled_precisions={torch.half}).
+kiln.compile(m, inputs=[x], enabled_precisions={torch.half}); on request kiln-int8 / kiln-fp8 = the same with
+{torch.int8 or torch.float8_e4m3fn, torch.half} and an entropy calibrator over 512 random inputs.
 
 Writes results.json, results.md and results.png (and, with --profile, kiln_profiles.md:
 Kiln's per-layer profile of each case) under --out, and prints each peer's time over Kiln's.
@@ -56,6 +57,11 @@ ZOO = [
     "poolformer_s12", "mixer_b16_224", "resmlp_12_224",
 ]  # fmt: skip
 MODES = ["eager", "ts", "inductor-ro", "kiln"]
+# On request (--modes ...,kiln-int8,kiln-fp8): Kiln with INT8 or FP8 layers next to FP16, calibrated by
+# entropy calibration on CALIBRATION_IMAGES random inputs (the timm models have random weights too);
+# their build time includes the calibration and the accuracy guard.
+QUANTIZED_MODES = {"kiln-int8": torch.int8, "kiln-fp8": torch.float8_e4m3fn}
+CALIBRATION_IMAGES = 512
 
 
 def parse_args(argv):
@@ -112,7 +118,21 @@ def build_mode(mode: str, model_name: str, model: torch.nn.Module, x: torch.Tens
         compiled = kiln.compile(model, inputs=[x], enabled_precisions={torch.half}, timing_cache_path=args.timing_cache)
         info = {"engine": compiled.report.summary()}
         return (lambda: compiled(x)), {**info, "_compiled": compiled}
-    raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+    if mode in QUANTIZED_MODES:
+        generator = torch.Generator(device=x.device).manual_seed(0)
+        batches = -(-CALIBRATION_IMAGES // x.shape[0])
+        loader = [torch.randn(x.shape, device=x.device, generator=generator).to(x.dtype) for _ in range(batches)]
+        calibrator = kiln.ptq.DataLoaderCalibrator(loader, algo="entropy", progress=False)
+        compiled = kiln.compile(
+            model, inputs=[x], enabled_precisions={QUANTIZED_MODES[mode], torch.half}, calibrator=calibrator,
+            timing_cache_path=args.timing_cache,
+        )  # fmt: skip
+        quantization = compiled.report.quantization
+        low = sum(1 for record in quantization.values() for row in record["rows"] if not row[2].startswith("kept"))
+        total = sum(len(record["rows"]) for record in quantization.values())
+        info = {"engine": compiled.report.summary(), "quantized_layers": f"{low}/{total}"}
+        return (lambda: compiled(x)), {**info, "_compiled": compiled}
+    raise ValueError(f"unknown mode {mode!r}; choose from {MODES + list(QUANTIZED_MODES)}")
 
 
 def stream_throughput(fn, compiled, x: torch.Tensor, batch: int, calls: int = 400) -> dict:
