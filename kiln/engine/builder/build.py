@@ -17,7 +17,8 @@ must switch tactics on another device (builder/retarget.py).
 Faults never end a build with a traceback from inside a kernel: a tactic that raises while
 being prepared, timed or run for real (a Triton compile error, cuDNN finding no engine, a shape
 it cannot take) is skipped with a KilnWarning and the layer takes the next-best tactic, the
-reference at worst. Running out of GPU memory is not skipped, since every other tactic would
+reference at worst. A ValueError while preparing or timing is a tactic declining a layer it was
+not written for, and is skipped silently. Running out of GPU memory is not skipped, since every other tactic would
 need the same activations: it becomes one OutOfMemoryError that names the layer, after every
 tensor the build made is freed.
 """
@@ -365,7 +366,10 @@ class LayerTuner:
                     raise
                 if self.debug:
                     print(f"kiln build: tactic {tactic.name} does not take {layer.name}: {exc}")
-                skip_tactic(layer, tactic, "failed to prepare or compile, or raised while being timed", exc)
+                # A ValueError is how a tactic or its prepare declines a layer it was not written for (an FP32
+                # input to an FP16 kernel, a weight of another shape): expected, so silent. Anything else is a fault.
+                if not isinstance(exc, ValueError):
+                    skip_tactic(layer, tactic, "failed to prepare or compile, or raised while being timed", exc)
                 check_device_alive(layer, tactic, exc)
                 continue
             timings[tactic.name] = round(ms, 5)

@@ -5,6 +5,7 @@ tensors, only the clock is fake. Each failing tactic is registered for the test 
 """
 
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -71,11 +72,22 @@ def test_a_tactic_that_fails_to_compile_is_skipped_with_a_warning(monkeypatch):
 
 def test_a_tactic_whose_prepare_raises_is_skipped(monkeypatch):
     def prepare(layer, weights):
-        raise ValueError("cannot lay out this weight")
+        raise IndexError("prepare of a weight it did not expect")
 
     inject(monkeypatch, lambda layer, inputs, run: torch.nn.functional.linear(*inputs), prepare=prepare)
     net, weights = mlp()
-    with pytest.warns(KilnWarning, match="tactic 'injected' failed to prepare.*cannot lay out this weight"):
+    with pytest.warns(KilnWarning, match="tactic 'injected' failed to prepare.*IndexError: prepare of a weight"):
+        assert build_and_check(net, weights) == [REFERENCE, REFERENCE]
+
+
+def test_a_tactic_declining_a_layer_with_value_error_is_skipped_silently(monkeypatch):
+    def declines(layer, inputs, run):
+        raise ValueError("injected takes FP16/BF16 only")
+
+    inject(monkeypatch, declines)
+    net, weights = mlp()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KilnWarning)
         assert build_and_check(net, weights) == [REFERENCE, REFERENCE]
 
 
