@@ -78,19 +78,20 @@ def serve(
         from ray import serve as ray_serve
     except ImportError:
         raise ServeUnavailableError('kiln.serve needs Ray Serve: pip install "kiln[serve]" (or "ray[serve]").') from None
+    from kiln.serve.batching import max_rows
     from kiln.serve.replica import KilnReplica
 
     data, specs, saved_device = _engine_bytes(model)
-    device = device or saved_device
-    on_gpu = torch.device(device).type == "cuda"
-    if num_replicas is None:
-        num_replicas = max(1, torch.cuda.device_count()) if on_gpu else 1
-    if max_batch_size is None:
-        ranged = bool(specs) and all(s.min_shape and s.min_shape[0] < s.max_shape[0] for s in specs)
-        max_batch_size = min(s.max_shape[0] for s in specs) if ranged else 1
+    on_gpu = torch.device(device or saved_device).type == "cuda"
+    # Ray gives each GPU replica one GPU, which it sees as cuda:0, whatever index the engine was built on.
+    device = "cuda" if on_gpu else (device or saved_device)
+    max_batch_size = max_batch_size or max_rows(specs)
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **(ray_init or {}))
+    if num_replicas is None:
+        # One replica per GPU of the whole Ray cluster, not only of this machine.
+        num_replicas = max(1, int(ray.cluster_resources().get("GPU", 0))) if on_gpu else 1
     actor = {"num_gpus": 1} if on_gpu else {"num_cpus": 1}
     ray_serve.start(http_options={"host": host, "port": port})
     app = KilnReplica.options(num_replicas=num_replicas, ray_actor_options=actor).bind(data, device, max_batch_size, batch_wait_timeout_s)

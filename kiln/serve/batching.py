@@ -35,16 +35,21 @@ def request_rows(requests: list[Request]) -> int:
     return sum(r.rows for r in requests)
 
 
-def max_batch_of(module: CompiledModule) -> int:
+def max_rows(specs: list) -> int:
     """The most rows one call takes: the smallest max of every input's dim 0 (1 for an engine without a batch range)."""
-    if not module.input_specs or not batchable(module):
-        return 1
-    return min(s.max_shape[0] for s in module.input_specs)
+    return min(s.max_shape[0] for s in specs) if ranged_batch(specs) else 1
+
+
+def ranged_batch(specs: list) -> bool:
+    return bool(specs) and all(len(s.min_shape) > 0 and s.min_shape[0] < s.max_shape[0] for s in specs)
+
+
+def max_batch_of(module: CompiledModule) -> int:
+    return max_rows(module.input_specs)
 
 
 def batchable(module: CompiledModule) -> bool:
-    specs = module.input_specs
-    return bool(specs) and all(len(s.min_shape) > 0 and s.min_shape[0] < s.max_shape[0] for s in specs)
+    return ranged_batch(module.input_specs)
 
 
 def validate(module: CompiledModule, request: Request) -> None:
