@@ -66,6 +66,8 @@ class DataLoaderCalibrator(Calibrator):
     (at `percentile`, 99.99 by default) or "mse", or a CalibrationAlgo. With `cache_file`, the
     ranges are written there; with `use_cache=True` too, a cache made for this same graph is read
     instead of running the data (a cache made for another graph or algorithm is an error).
+    max_batches: read at most this many batches. guard_batches: how many of them the accuracy
+    guard measures the output error on (kiln.compile's int8_error_budget).
     """
 
     def __init__(

@@ -54,10 +54,6 @@ class AccuracyGuard:
         outputs = [run_network(quantized, b, constants) for b in self.batches]
         return relative_error(outputs, self.reference), quantized
 
-    def quantized_layers(self, keep: dict[str, str]) -> list[str]:
-        _, quantized = self.error(keep)
-        return [layer.name for layer in quantized.layers if layer.kind in QUANTIZED_KINDS.values()]
-
     def run(self, budget: float) -> GuardResult:
         full_error, quantized = self.error({})
         result = GuardResult(error=full_error, error_all_quantized=full_error)
