@@ -72,10 +72,19 @@ def build_plan(network: Network, settings: CompileSettings, rank: Rank | None = 
         # Only text leaves this block: the exception's frames hold every tensor the build made.
         failure = str(exc).split("\n")[0]
     if failure is not None:
-        gc.collect()
-        torch.cuda.empty_cache()
+        free_build_memory()
         raise OutOfMemoryError(out_of_memory_message(progress.doing, settings.device, failure))
     return assemble_plan(network, settings, steps, weights)
+
+
+def free_build_memory() -> None:
+    """Give back what a failed build held: its tensors (cycles included), cached blocks, cuBLAS's per-stream workspaces."""
+    gc.collect()
+    # The timing streams each got a cuBLAS workspace from the caching allocator, kept until cleared.
+    clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear_workspaces is not None:
+        clear_workspaces()
+    torch.cuda.empty_cache()
 
 
 def out_of_memory_message(doing: str, device: torch.device, detail: str) -> str:
