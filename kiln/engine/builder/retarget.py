@@ -73,8 +73,9 @@ def retarget_plan(plan: Plan, device: torch.device, retime: bool, where: str = "
         known = sorted((ms, name) for name, ms in step.timings.items() if name in by_name)
         return [by_name[name] for _, name in known] + [by_name[REFERENCE]], {}
 
-    new = build_plan(network, settings, rank=None if retime else keep_what_applies)
-    new.kept_fp32 = dict(plan.kept_fp32)
+    built = build_plan(network, settings, rank=None if retime else keep_what_applies)
+    # Only what the tactics decide changes; every other field (runtime options, notes) stays as saved.
+    new = replace(plan, steps=built.steps, weights=built.weights, tensors=built.tensors, arena=built.arena, device=built.device)
     replaced = {s.layer.name: (saved[s.layer.name].tactic, s.tactic) for s in new.steps if s.tactic != saved[s.layer.name].tactic}
     return Retargeted(new, replaced)
 
