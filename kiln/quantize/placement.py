@@ -178,6 +178,8 @@ def quantize_network(network: Network, spec: QuantSpec, keep: dict[str, str], fl
             inputs[1] = w_desc.name
             if layer.kind in ("conv", "conv_epilogue"):
                 attrs["kernel_size"] = list(w_q.shape[2:])  # kernels read it once the weight is laid out for them
+                in_channels = network.tensors[layer.inputs[0]].shape[1]
+                attrs["depthwise"] = attrs["groups"] == in_channels == w_q.shape[0] and w_q.shape[1] == 1
             inputs[4] = network.add_constant(f"{layer.inputs[1]}_scale", torch.tensor(scales, dtype=torch.float32)).name
         attrs["quantization"] = f"{qdtype}: {spec.source}"
         qlayer = Layer(QUANTIZED_KINDS[layer.kind], layer.name, inputs, list(layer.outputs), attrs, None, layer.source)

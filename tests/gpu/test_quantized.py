@@ -42,6 +42,7 @@ def _attrs(qdtype, **extra):
 
 
 CONV3 = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1, "kernel_size": [3, 3]}
+DW3 = {"stride": [2, 2], "padding": [1, 1], "dilation": [1, 1], "groups": 96, "kernel_size": [3, 3], "depthwise": True}
 CONV1 = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1, "kernel_size": [1, 1]}
 
 
@@ -74,6 +75,10 @@ def _cases(qdtype):
         "conv3x3_stride2_requant": (
             Layer("qconv", "c", ["x", "w", "b", None, "s"], ["y"], _attrs(qdtype, **{**CONV3, "stride": [2, 2]}, **out_q)),
             lambda: [_q(qdtype, 8, 32, 29, 29), _q(qdtype, 48, 32, 3, 3, low=-127), _vec(48), None, _scales(48)],
+        ),
+        "depthwise3x3_s2_silu": (
+            Layer("qconv", "c", ["x", "w", "b", None, "s"], ["y"], _attrs(qdtype, **DW3, activation="silu", **zp)),
+            lambda: [_q(qdtype, 8, 96, 29, 29), _q(qdtype, 96, 1, 3, 3, low=-127), _vec(96), None, _scales(96)],
         ),
         "conv1x1_silu": (
             Layer("qconv", "c", ["x", "w", "b", None, "s"], ["y"], _attrs(qdtype, **CONV1, activation="silu")),

@@ -118,3 +118,29 @@ def test_quantize_kernel_matches_reference_and_keeps_the_memory_order(memory_for
     out = quantize_triton(layer, [x], RUN)
     assert torch.equal(out, ref)
     assert out.is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize(
+    "conv, extra",
+    [
+        ({"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1]}, {"activation": "silu"}),
+        ({"stride": [2, 2], "padding": [2, 2], "dilation": [1, 1]}, {"x_zero_point": -6, "out_dtype": "int8", "out_scale": 0.3}),
+    ],
+)
+def test_qconv_depthwise_kernel_matches_reference(conv, extra):
+    from kiln.engine.kernels.triton_quantized_depthwise import qdepthwise_triton, weight_taps_by_channel
+
+    torch.manual_seed(5)
+    ksize = 3 if conv["padding"] == [1, 1] else 5
+    x = _int8(2, 20, 9, 7)
+    w = _int8(20, 1, ksize, ksize, low=-127)
+    bias, w_scale = torch.randn(20), torch.rand(20) * 0.01 + 1e-3
+    attrs = _attrs(**conv, groups=20, kernel_size=[ksize, ksize], depthwise=True, **extra)
+    layer = Layer("qconv", "q", ["x", "w", "b", None, "s"], ["y"], attrs)
+    ref = get_tactic("qconv", "reference").fn(layer, [x, w, bias, None, w_scale], RUN)
+    out = qdepthwise_triton((16, 16, 4))(layer, [x, weight_taps_by_channel(layer, {"w": w})["w"], bias, None, w_scale], RUN)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    if ref.dtype == torch.int8:
+        assert (out.int() - ref.int()).abs().max() <= 1 and (out != ref).float().mean() < 0.01
+    else:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
