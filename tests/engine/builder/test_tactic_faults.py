@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+import kiln
 from kiln.engine.builder import build_plan
 from kiln.engine.ir.network import Network
 from kiln.engine.kernels import registry
@@ -125,3 +126,31 @@ def test_a_working_fast_tactic_is_chosen_and_its_prepared_weight_used(monkeypatc
     assert "w" not in plan.weights and plan.tensors["w"].shape == [16, 8]
     x = torch.randn(4, 8)
     torch.testing.assert_close(PlanExecutor(plan).run([x])[0], eager(x, weights))
+
+
+def test_a_ranked_build_runs_each_layer_and_falls_back(monkeypatch):
+    # The path kiln.load takes on a new GPU: no timing, the saved tactic first, checked by running it.
+    inject(monkeypatch, lambda layer, inputs, run: torch.nn.functional.linear(*inputs)[:, :8])
+    net, weights = mlp()
+
+    def saved_first(layer, candidates):
+        return sorted(candidates, key=lambda t: t.name != "injected"), {}
+
+    with pytest.warns(KilnWarning, match="tactic 'injected' failed when run for real"):
+        plan = build_plan(net, CompileSettings(), rank=saved_first, timer=newest_is_fastest())
+    assert [s.tactic for s in plan.steps] == [REFERENCE, REFERENCE]
+
+
+def test_out_of_memory_while_timing_is_one_clear_error_not_a_skipped_tactic(monkeypatch):
+    def needs_too_much(layer, inputs, run):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.1 GiB total)")
+
+    inject(monkeypatch, needs_too_much)
+    net, _ = mlp()
+    with pytest.raises(kiln.OutOfMemoryError) as info:
+        build_plan(net, CompileSettings(), timer=newest_is_fastest())
+    message = str(info.value)
+    assert "while timing tactic 'injected' of layer linear (linear)" in message
+    assert "Tried to allocate 20.00 GiB" in message
+    assert "smaller max_shape" in message and "max_cuda_graphs" in message and "has been freed" in message
+    assert info.value.__context__ is None  # the original error, and the tensors its frames held, are gone
