@@ -4,18 +4,28 @@ from torch.fx import GraphModule
 from kiln.lowering.constants import add_constant, constant_of
 from kiln.quantize.qdq_graph import is_quantization_op
 
-# Folding must not turn a small weight into a huge one (an expand to the batch size, say).
+# Folding must not turn a small weight into a huge one (an expand to the batch size, say);
+# up to 1 MB it always pays (Swin's gathered relative-position bias is 115 KB per block).
 _MAX_GROWTH = 4
-_ALWAYS_OK_BYTES = 1 << 16
+_ALWAYS_OK_BYTES = 1 << 20
+
+
+# Creation ops whose values are undefined: folding would bake whatever memory held.
+_UNINITIALIZED = frozenset({"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty"})
 
 
 def fold_constants(gm: GraphModule) -> GraphModule:
-    """Evaluate, once at compile time, every op whose inputs are all constants (e.g. weight.t())."""
+    """Evaluate, once at compile time, every op whose inputs are all constants (e.g. weight.t()).
+
+    Ops without tensor inputs and with static arguments count too (arange, full, scalar_tensor):
+    Swin's shifted-window roll computes its indices as arange + shift mod size, and its
+    relative-position bias as a gather from a weight at such indices; folded, both are
+    constants instead of dozens of tiny integer kernels per call."""
     graph = gm.graph
     for node in list(graph.nodes):
         if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
             continue
-        if _is_nondeterministic(node.target) or not node.all_input_nodes:
+        if _is_nondeterministic(node.target) or (not node.all_input_nodes and node.target._schema.name in _UNINITIALIZED):
             continue
         if is_quantization_op(node.target):  # the engine needs their scales (a fake-quantized weight keeps its own)
             continue

@@ -144,6 +144,10 @@ def _fused_layer(network: Network, group: list[Layer]) -> Layer:
         "out_dtypes": [dtype_name(network.tensors[o].dtype) for o in outs],
         "fused_ops": [f"{m.kind}:{m.attrs.get('op', m.attrs.get('dtype', ''))}" for m in group],
     }
+    # Members an FP32 rule kept wide still compute in FP32 inside the kernel; the report names them.
+    wide = {m.name: m.attrs["fp32_reason"] for m in group if "fp32_reason" in m.attrs}
+    if wide:
+        attrs["fp32_members"] = wide
     last = group[-1]
     source = " + ".join(s for s in (m.source for m in group) if s)
     return Layer("fused_pointwise", last.name, inputs, outs, attrs, last.precision, source)

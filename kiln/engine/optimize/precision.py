@@ -147,5 +147,11 @@ def _new_cast(network: Network, desc: TensorDesc, dtype: torch.dtype) -> tuple[L
 
 
 def kept_fp32(network_layers: list[Layer]) -> dict[str, str]:
-    return {layer.name: layer.attrs["fp32_reason"] for layer in network_layers if "fp32_reason" in layer.attrs}
+    """Layer name -> why it computes in FP32, fused layers' members included (optimize/fuse_pointwise.py)."""
+    kept = {}
+    for layer in network_layers:
+        if "fp32_reason" in layer.attrs:
+            kept[layer.name] = layer.attrs["fp32_reason"]
+        kept.update(layer.attrs.get("fp32_members", {}))
+    return kept
 

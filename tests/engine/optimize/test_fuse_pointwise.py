@@ -106,3 +106,17 @@ def test_group_size_is_bounded():
     net.outputs.append(y.name)
     fused = fuse_pointwise_groups(net)
     assert [len(layer.attrs["program"]["ops"]) for layer in fused.layers] == [MAX_OPS, 5]
+
+
+def test_members_kept_in_fp32_are_still_reported():
+    from kiln.engine.optimize.precision import kept_fp32
+
+    net = Network()
+    x = net.add_input("x", FULL, torch.float32)
+    (y,) = net.add_layer("unary", [x], [(FULL, torch.float32)], {"op": "exp", "fp32_reason": "unary exp: overflows FP16"})
+    (z,) = net.add_layer("cast", [y], [(FULL, torch.float16)], {"dtype": "float16"})
+    net.outputs.append(z.name)
+    exp_name = net.layers[0].name
+    fused = fuse_pointwise_groups(net)
+    assert [layer.kind for layer in fused.layers] == ["fused_pointwise"]
+    assert kept_fp32(fused.layers) == {exp_name: "unary exp: overflows FP16"}
