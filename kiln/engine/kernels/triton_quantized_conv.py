@@ -61,7 +61,7 @@ def qconv_kernel(
         if HAS_ZP:
             a = tl.where(inside, a, x_zp.to(tl.int8))
         b = tl.load(w_ptr + kk[:, None] * N + rn[None, :], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0)
-        acc += tl.dot(a, b, out_dtype=ACC_TYPE)
+        acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
         if HAS_ZP:
             colsum += tl.sum(b.to(tl.int32), axis=0)
     mask = (rm[:, None] < M) & (rn[None, :] < N)

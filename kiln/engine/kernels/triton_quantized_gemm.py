@@ -48,7 +48,7 @@ def qgemm_kernel(
         kk = k0 + rk
         a = tl.load(a_base + rm[:, None] * s_am + kk[None, :] * s_ak, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0)
         b = tl.load(b_base + kk[:, None] * s_bk + rn[None, :] * s_bn, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0)
-        acc += tl.dot(a, b, out_dtype=ACC_TYPE)
+        acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
         if HAS_ZP:
             colsum += tl.sum(b.to(tl.int32), axis=0)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
