@@ -144,3 +144,17 @@ def test_qconv_depthwise_kernel_matches_reference(conv, extra):
         assert (out.int() - ref.int()).abs().max() <= 1 and (out != ref).float().mean() < 0.01
     else:
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_qconv_kernel_wide_input_loops_over_taps():
+    from kiln.engine.kernels.triton_quantized_conv import qconv_triton, weight_taps_by_n
+
+    torch.manual_seed(6)
+    x = _int8(1, 40, 6, 5)  # 40 channels >= BLOCK_K / 2: taps outside, two channel blocks inside (one partial)
+    w = _int8(18, 40, 3, 3, low=-127)
+    w_scale = torch.rand(18) * 0.01 + 1e-3
+    conv = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1, "kernel_size": [3, 3]}
+    layer = Layer("qconv", "q", ["x", "w", None, None, "s"], ["y"], _attrs(**conv, x_zero_point=11))
+    ref = get_tactic("qconv", "reference").fn(layer, [x, w, None, None, w_scale], RUN)
+    out = qconv_triton(SMALL)(layer, [x, weight_taps_by_n(layer, {"w": w})["w"], None, None, w_scale], RUN)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

@@ -2,7 +2,9 @@
 stride, padding, dilation).
 
 Row m of the implicit A matrix is one output pixel (n, oh, ow), column k one filter tap
-(r, s, c) with c fastest, so each load reads channels that lie together in NHWC memory. Taps
+(r, s, c) with c fastest, so each load reads channels that lie together in NHWC memory. Wide
+inputs loop over taps and then channel blocks (no index arithmetic per element); narrow ones
+(a 3-channel stem) over one flat K, so a tile is not mostly padding. Taps
 that fall in the padding read the activation zero point (the quantized value of 0.0), so the
 zero-point compensation of the integer accumulator stays exact at the borders. Then the shared
 8-bit tail (triton_quantized_common) before the single write of the NHWC output.
@@ -31,10 +33,10 @@ TEMPLATE = (
 @triton.jit(do_not_specialize=["M", "x_zp"])
 def qconv_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, res_ptr, c_ptr, M, N, K,
-    H, W, C, OH, OW, SH, SW, PH, PW, DH, DW, KW,
+    H, W, C, OH, OW, SH, SW, PH, PW, DH, DW, KH, KW,
     x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax,
     HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TAP_LOOP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -47,23 +49,44 @@ def qconv_kernel(
     ow = pix % OW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
     colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + rk
-        c = kk % C
-        tap = kk // C
-        r = tap // KW
-        s = tap % KW
-        ih = oh[:, None] * SH - PH + r[None, :] * DH
-        iw = ow[:, None] * SW - PW + s[None, :] * DW
-        inside = (rm[:, None] < M) & (kk[None, :] < K) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a_offsets = ((n_idx[:, None] * H + ih) * W + iw) * C + c[None, :]
-        a = tl.load(x_ptr + a_offsets, mask=inside, other=0)
-        if HAS_ZP:
-            a = tl.where(inside, a, x_zp.to(tl.int8))
-        b = tl.load(w_ptr + kk[:, None] * N + rn[None, :], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0)
-        acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
-        if HAS_ZP:
-            colsum += tl.sum(b.to(tl.int32), axis=0)
+    if TAP_LOOP:
+        # Wide inputs: taps outside, channel blocks inside; no index arithmetic per element.
+        for tap in range(0, KH * KW):
+            r = tap // KW
+            s = tap % KW
+            ih = oh * SH - PH + r * DH
+            iw = ow * SW - PW + s * DW
+            pix_ok = (rm < M) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_row = ((n_idx * H + ih) * W + iw) * C
+            for c0 in range(0, C, BLOCK_K):
+                cc = c0 + rk
+                a = tl.load(x_ptr + x_row[:, None] + cc[None, :], mask=pix_ok[:, None] & (cc[None, :] < C), other=0)
+                if HAS_ZP:
+                    a = tl.where(pix_ok[:, None], a, x_zp.to(tl.int8))
+                w_rows = tap * C + cc
+                b = tl.load(w_ptr + w_rows[:, None] * N + rn[None, :], mask=(cc[:, None] < C) & (rn[None, :] < N), other=0)
+                acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
+                if HAS_ZP:
+                    colsum += tl.sum(b.to(tl.int32), axis=0)
+    else:
+        # Narrow inputs (a 3-channel stem): one flat K = KH * KW * C, each column decoded to its tap.
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            c = kk % C
+            tap = kk // C
+            r = tap // KW
+            s = tap % KW
+            ih = oh[:, None] * SH - PH + r[None, :] * DH
+            iw = ow[:, None] * SW - PW + s[None, :] * DW
+            inside = (rm[:, None] < M) & (kk[None, :] < K) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a_offsets = ((n_idx[:, None] * H + ih) * W + iw) * C + c[None, :]
+            a = tl.load(x_ptr + a_offsets, mask=inside, other=0)
+            if HAS_ZP:
+                a = tl.where(inside, a, x_zp.to(tl.int8))
+            b = tl.load(w_ptr + kk[:, None] * N + rn[None, :], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0)
+            acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
+            if HAS_ZP:
+                colsum += tl.sum(b.to(tl.int32), axis=0)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     offsets = rm[:, None] * N + rn[None, :]
 """
@@ -96,8 +119,8 @@ def qconv_nhwc(layer, x: torch.Tensor, w_taps: torch.Tensor, bias, residual, w_s
     kernel = load_template(source, "qconv_kernel", a, RESIDUAL_LOAD if res is not None else None)
     kernel[grid](
         x_nhwc, w_taps, w_scale, bias if bias is not None else w_scale, res if res is not None else out, out, m, cout, k,
-        h, w, c, oh, ow, sh, sw, ph, pw, dh, dw, kw,
-        **epilogue_args(layer, w_scale, bias, residual),
+        h, w, c, oh, ow, sh, sw, ph, pw, dh, dw, kh, kw,
+        **epilogue_args(layer, w_scale, bias, residual), TAP_LOOP=c >= block_k // 2,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out.permute(0, 3, 1, 2)
