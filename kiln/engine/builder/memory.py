@@ -33,6 +33,7 @@ ALIGNMENT = 512
 # Kinds whose outputs never alias an input, whichever tactic runs them.
 FRESH_KINDS = frozenset(
     {"conv", "conv_epilogue", "linear", "matmul", "unary", "binary", "cast", "copy", "reduce", "concat", "where", "pad", "gather"}
+    | {"fused_pointwise"}
 )
 
 

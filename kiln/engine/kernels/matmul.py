@@ -1,13 +1,23 @@
 import torch
 import torch.nn.functional as F
 
+from kiln.engine.kernels.codegen.program import Program, evaluate
 from kiln.engine.kernels.registry import reference
 
 
-@reference("linear")
+@reference("linear", takes_epilogue=True)
 def linear_reference(layer, inputs, run):
-    x, w, b = inputs
-    return F.linear(x, w, b)
+    x, w, b, *extras = inputs
+    return apply_epilogue(layer, F.linear(x, w, b), extras, run)
+
+
+def apply_epilogue(layer, y: torch.Tensor, extras: list, run) -> torch.Tensor:
+    """The layer's fused epilogue (optimize/fuse_gemm_epilogue.py), op by op through the ops' references."""
+    program = layer.attrs.get("epilogue")
+    if program is None:
+        return y
+    (out,) = evaluate(Program.from_json(program), [y, *extras], run)
+    return out.to(y.dtype)
 
 
 @reference("matmul")

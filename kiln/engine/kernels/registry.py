@@ -52,6 +52,8 @@ class Tactic:
     when: Callable[[Layer, BuildTarget], bool]
     prepare: Callable[[Layer, dict], dict] | None = None
     unprepare: Callable[[Layer, torch.Tensor], torch.Tensor] | None = None
+    # Computes attrs["epilogue"] (a pointwise program fused onto the layer's output) when the layer has one.
+    takes_epilogue: bool = False
 
 
 _TACTICS: dict[str, dict[str, Tactic]] = {}
@@ -61,27 +63,31 @@ def _always(layer: Layer, target: BuildTarget) -> bool:
     return True
 
 
-def tactic(kind: str, name: str, when: Callable[[Layer, BuildTarget], bool] = _always, prepare=None, unprepare=None):
+def tactic(
+    kind: str, name: str, when: Callable[[Layer, BuildTarget], bool] = _always, prepare=None, unprepare=None, takes_epilogue=False
+):
     def register(fn):
         table = _TACTICS.setdefault(kind, {})
         if name in table:
             raise RuntimeError(f"tactic {name!r} registered twice for layer kind {kind!r}")
-        table[name] = Tactic(kind, name, fn, when, prepare, unprepare)
+        table[name] = Tactic(kind, name, fn, when, prepare, unprepare, takes_epilogue)
         return fn
 
     return register
 
 
-def reference(kind: str):
+def reference(kind: str, takes_epilogue: bool = False):
     """The plain-PyTorch way to compute `kind`: runs on any device, the oracle for every other tactic."""
-    return tactic(kind, REFERENCE)
+    return tactic(kind, REFERENCE, takes_epilogue=takes_epilogue)
 
 
 def tactics_for(layer: Layer, target: BuildTarget) -> list[Tactic]:
     table = _TACTICS.get(layer.kind)
     if not table or REFERENCE not in table:
         raise KeyError(f"layer kind {layer.kind!r} has no reference tactic")
-    return [t for t in table.values() if t.when(layer, target)]
+    # A layer carrying a fused epilogue may only run on tactics that compute it.
+    fused = "epilogue" in layer.attrs
+    return [t for t in table.values() if (t.takes_epilogue or not fused) and t.when(layer, target)]
 
 
 def get_tactic(kind: str, name: str) -> Tactic:

@@ -45,6 +45,7 @@ from kiln.engine.optimize import fuse_conv  # noqa: E402, F401, I001
 from kiln.engine.optimize import quantize_placement  # noqa: E402, F401, I001
 from kiln.engine.optimize import precision  # noqa: E402, F401, I001
 from kiln.engine.optimize import fuse_pointwise  # noqa: E402, F401, I001
+from kiln.engine.optimize import fuse_gemm_epilogue  # noqa: E402, F401, I001
 from kiln.engine.optimize import layout  # noqa: E402, F401, I001
 from kiln.engine.optimize import views  # noqa: E402, F401, I001
 # Last: it reads the fused layers and their weights in the final dtype (sparse_weights=True only).

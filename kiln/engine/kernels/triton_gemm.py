@@ -1,0 +1,125 @@
+"""Linear layers as a Triton GEMM whose epilogue is generated from the fused pointwise program.
+
+y = x @ W^T + b, then whatever optimize/fuse_gemm_epilogue.py fused onto y (GELU, a layer
+scale, a residual add, a cast...), computed on the FP32 tile before the only write. cuBLAS is
+faster on the GEMM alone at many shapes; the builder times both (aten_addmm then runs the
+epilogue as a separate generated pass), per layer, so this tactic wins only where skipping
+that pass pays: at large batch the activation is written once instead of three times, at
+batch 1 one launch replaces two.
+
+Extra inputs of the epilogue are read per tile: an input of the output's shape at the tile's
+offsets, one that varies along the output features only ([N], [1, N], ...) at the tile's
+columns. The weight is read as stored ([N, K], K contiguous), so no prepared copy is kept.
+Tile configurations are separate tactics, so the builder's timing picks the tile per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kiln.engine.kernels.codegen.program import FLOAT_DTYPES, Program, emit
+from kiln.engine.kernels.codegen.triton_source import load_kernel
+from kiln.engine.kernels.registry import tactic
+from kiln.engine.kernels.triton_epilogue import MODULE_HEADER, triton
+from kiln.engine.runtime.executor import arena_output
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): a small tile for batch-1 token counts
+# (ViT's 197 rows), a large one for big batches.
+CONFIGS = {"triton_gemm_64": (64, 64, 64, 4, 3), "triton_gemm_128": (128, 128, 64, 8, 3)}
+
+_KERNELS: dict[tuple, object] = {}
+
+
+def _kernel(program: Program | None, extra_kinds: tuple[str, ...]):
+    key = (repr(program.to_json()) if program else "", extra_kinds)
+    if key not in _KERNELS:
+        _KERNELS[key] = load_kernel(kernel_source(program, extra_kinds), "gemm_kernel")
+    return _KERNELS[key]
+
+
+def kernel_source(program: Program | None, extra_kinds: tuple[str, ...]) -> str:
+    extras = [f"e{i}_ptr" for i in range(len(extra_kinds))]
+    loads = ["acc"]
+    for i, kind in enumerate(extra_kinds):
+        if kind == "full":
+            loads.append(f"tl.load(e{i}_ptr + offsets, mask=mask, other=0.0).to(tl.float32)")
+        else:
+            loads.append(f"tl.load(e{i}_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]")
+    epilogue = ""
+    if program is not None:
+        lines, (result,) = emit(program, loads, prefix="ep")
+        epilogue = "\n".join("    " + line for line in [*lines, f"acc = {result}"])
+    args = ", ".join(["a_ptr", "w_ptr", "bias_ptr", "c_ptr", *extras, "M", "N", "K"])
+    return MODULE_HEADER + f'''
+@triton.jit(do_not_specialize=["M"])
+def gemm_kernel(
+    {args},
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        a = tl.load(a_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+        w = tl.load(w_ptr + rn[None, :] * K + kk[:, None], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+        acc = tl.dot(a, w, acc)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    offsets = rm[:, None] * N + rn[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+{epilogue}
+    tl.store(c_ptr + offsets, acc.to(c_ptr.dtype.element_ty), mask=mask)
+'''
+
+
+def extra_kind(extra: torch.Tensor, out_shape: tuple[int, ...]) -> str | None:
+    """How the template reads an epilogue input: 'full' (the output's shape), 'col' (varies along features only), or None."""
+    if tuple(extra.shape) == tuple(out_shape):
+        return "full"
+    if extra.numel() == out_shape[-1] and (extra.dim() == 0 or extra.shape[-1] == out_shape[-1]):
+        return "col"
+    return None
+
+
+def gemm(x: torch.Tensor, w: torch.Tensor, b, extras: list, program: Program | None, config: tuple, out=None) -> torch.Tensor:
+    n_out, k = w.shape
+    shape = (*x.shape[:-1], n_out)
+    rows = x.reshape(-1, k)
+    if not rows.is_contiguous():
+        rows = rows.contiguous()
+    m = rows.shape[0]
+    if out is None or tuple(out.shape) != shape or not out.is_contiguous() or out.dtype != x.dtype:
+        out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    kinds = tuple(extra_kind(e, shape) for e in extras)
+    if None in kinds:
+        raise ValueError("triton_gemm reads epilogue inputs of the output's shape or along its features only")
+    extras = [e.contiguous() if kind == "full" else e.reshape(-1).contiguous() for e, kind in zip(extras, kinds)]
+    block_m, block_n, block_k, warps, stages = config
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n_out, block_n))
+    _kernel(program, kinds)[grid](
+        rows, w.contiguous(), b if b is not None else rows, out, *extras, m, n_out, k,
+        HAS_BIAS=b is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return out
+
+
+def _applies(layer, target) -> bool:
+    return triton is not None and target.is_cuda and layer.precision in ("float16", "bfloat16")
+
+
+def _register(name: str, config: tuple) -> None:
+    @tactic("linear", name, when=_applies, takes_epilogue=True)
+    def linear_triton(layer, inputs, run):
+        x, w, b, *extras = inputs
+        if x.dtype not in FLOAT_DTYPES[1:]:
+            raise ValueError(f"{name} takes FP16/BF16 only (tl.dot would round {x.dtype} through TF32)")
+        program = layer.attrs.get("epilogue")
+        return gemm(x, w, b, extras, Program.from_json(program) if program else None, config, arena_output(run, 0))
+
+
+for _name, _config in CONFIGS.items():
+    _register(_name, _config)
