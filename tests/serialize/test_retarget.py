@@ -83,7 +83,8 @@ def test_a_file_built_on_a_gpu_loads_on_the_cpu_with_reference_tactics(cnn, monk
     model, compiled, x = cnn
     original = next(iter(compiled.engine_blocks.values())).plan
     data = as_built_on_a_gpu(compiled, monkeypatch)
-    with pytest.warns(kiln.KilnWarning, match=r"built on NVIDIA H100 80GB HBM3 \(sm_90\) and is loaded on cpu: \d+ of \d+ layers") as record:
+    built_here = r"built on NVIDIA H100 80GB HBM3 \(sm_90\) and is loaded on cpu: \d+ of \d+ layers"
+    with pytest.warns(kiln.KilnWarning, match=built_here) as record:
         loaded = from_bytes(data, "model.kiln", device="cpu")
     assert "triton_gemm_1x1 -> reference" in str(record[0].message) and "Compile the model again for cpu" in str(record[0].message)
     plan = next(iter(loaded.engine_blocks.values())).plan
