@@ -15,7 +15,7 @@ from kiln.engine.kernels import sparse_gemm
 from kiln.engine.kernels.registry import REFERENCE, BuildTarget, RunContext, get_tactic, tactics_for
 from kiln.engine.optimize.sparse_weights import AS_MATRIX, SPARSE_ATTR
 from kiln.sparsity import mask_2to4
-from kiln.sparsity.packed import compressed_segment, cslt_numel, pack_2to4, portable_bytes, unpack_dense
+from kiln.sparsity.packed import compressed_segment, pack_2to4, portable_bytes, unpack_dense
 
 CONV = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "transposed": False, "output_padding": [0, 0], "groups": 1}
 
@@ -39,9 +39,9 @@ def test_packed_weight_round_trips_to_the_dense_pruned_matrix(dtype):
 
 def test_packed_weight_carries_the_compressed_matrix_as_an_aligned_view():
     w = _pruned(32, 32, dtype=torch.float16)
-    stand_in = torch.arange(cslt_numel(32, 32), dtype=torch.float16)  # where _cslt_compress's output would go
+    stand_in = torch.arange(32 * 18, dtype=torch.float16).view(32, 18)  # the [rows, S] _cslt_compress returns
     packed = pack_2to4(w, stand_in)
-    segment = compressed_segment(packed, 32, 32, torch.float16)
+    segment = compressed_segment(packed, 32, 32, torch.float16, [32, 18])
     assert torch.equal(segment, stand_in) and segment.data_ptr() % 256 == packed.data_ptr() % 256
     assert torch.equal(unpack_dense(packed, 32, 32, torch.float16), w)
 

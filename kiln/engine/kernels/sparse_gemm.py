@@ -5,11 +5,16 @@ constant weight of kernel-compatible shape), beside the dense tactics; the build
 all and keeps the fastest, so dense stays where sparse loses (small M, measured in issue 14).
 
 The weight is prepared once into kiln.sparsity.packed's byte tensor: cuSPARSELt's compressed
-matrix plus a portable copy of the kept values and their positions. The GEMM is
-`torch._cslt_sparse_mm(W_c, x^T, bias, transpose_result=True, alg_id)`: W [out, in] is the
-structured operand, x's rows the dense one, and the result comes out as [rows, out] with the
-bias fused. `alg_id` is what `torch._cslt_sparse_mm_search` picks at the first (build-time)
-call; it is stored in the layer's attrs, so a saved plan keeps it. A residual and the
+matrix plus a portable copy of the kept values and their positions. The shape
+torch._cslt_compress gave the compressed matrix ([out, S] in torch 2.11 and 2.13) is stored in
+the layer's attrs (`cslt_shape`), and the GEMM gets the stored bytes viewed back to exactly that
+shape and dtype: `torch._cslt_sparse_mm` takes the weight's row count from dim 0 of a 2-D
+operand. The GEMM is `torch._cslt_sparse_mm(W_c, x^T, bias, transpose_result=True, alg_id)`:
+W [out, in] is the structured operand, x's rows the dense one, and the result comes out as
+[rows, out] with the bias fused. Arguments go by keyword, and only those this torch's schema
+has (`alg_id` and the split-K ones came in later releases). `alg_id` is what cuSPARSELt's
+search picks at the first (build-time, eager) call; it is stored in the layer's attrs, so a
+saved plan keeps it. A residual and the
 activation of a fused conv epilogue are applied in place right after. Eagerly each call costs
 ~1 ms of host time (cuSPARSELt plan set-up, issue 14); the runtime replays CUDA graphs, where
 only the GPU time remains, and the builder times tactics inside graphs too.
@@ -73,7 +78,11 @@ def _prepare(layer, weights: dict) -> dict:
     name = layer.inputs[1]
     matrix = AS_MATRIX[layer.kind](weights[name]).contiguous()
     compressed = torch._cslt_compress(matrix) if sparse_cores(matrix.device) else None
-    return {name: pack_2to4(matrix, compressed)}
+    packed = pack_2to4(matrix, compressed)
+    if compressed is not None:
+        # What _cslt_sparse_mm must get back: the stored bytes are 1-D, this shape is 2-D in torch 2.11 and 2.13.
+        _info(layer)["cslt_shape"] = [int(d) for d in compressed.shape]
+    return {name: packed}
 
 
 def _unprepare(layer, packed: torch.Tensor) -> torch.Tensor:
@@ -99,6 +108,42 @@ def dense_fallback(layer, rows: torch.Tensor, packed: torch.Tensor, bias, why: s
     return F.linear(rows, weight.to(rows.dtype), bias)
 
 
+@functools.cache
+def mm_parameters() -> frozenset[str]:
+    """The argument names of this torch's aten::_cslt_sparse_mm.
+
+    They changed between releases: `alg_id` came later than the op, split-K came as
+    `split_k, split_k_one_kernel` and became `split_k, split_k_mode`, and the positions after
+    `bias` moved when `alpha` and `out_dtype` came in. So Kiln passes keywords, and only ones the schema has."""
+    return frozenset(argument.name for argument in torch.ops.aten._cslt_sparse_mm.default._schema.arguments)
+
+
+def mm_keywords(alg_id: int) -> dict:
+    """The keyword arguments of the GEMM call besides the operands: the result transposed, the searched algorithm."""
+    keywords = {"transpose_result": True}
+    if "alg_id" in mm_parameters():
+        keywords["alg_id"] = alg_id
+    return keywords
+
+
+def _search(compressed: torch.Tensor, rows_t: torch.Tensor, bias) -> int:
+    """The algorithm id cuSPARSELt's own search picks for this GEMM (it times the candidates, with host syncs).
+
+    torch._C._cusparselt.mm_search where this torch has it (torch._cslt_sparse_mm_search warns that
+    it is deprecated); both run the same search. Only the algorithm is kept: the split-K setting
+    the newer search also returns is one more release-dependent argument; the algorithm id alone,
+    with the default split_k=1, is what torch._cslt_sparse_mm_search hands out and what PyTorch's own
+    SparseSemiStructuredTensorCUSPARSELT runs with."""
+    search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
+    if search is not None:
+        try:
+            # pybind positional arguments: compressed_A, dense_B, bias, alpha, out_dtype, transpose_result.
+            return int(search(compressed, rows_t, bias, None, None, True)[0])
+        except TypeError:
+            pass  # a binding with other arguments than the ones above: the aten op below has a schema
+    return int(torch._cslt_sparse_mm_search(compressed, rows_t, bias, transpose_result=True))
+
+
 def _alg_id(info: dict, compressed: torch.Tensor, rows_t: torch.Tensor, bias) -> int:
     alg = info.get("alg_id")
     if alg is None:
@@ -106,9 +151,19 @@ def _alg_id(info: dict, compressed: torch.Tensor, rows_t: torch.Tensor, bias) ->
             return 0  # the search times kernels with host syncs: never inside a capture
         with _search_lock:
             if "alg_id" not in info:
-                info["alg_id"] = int(torch._cslt_sparse_mm_search(compressed, rows_t, bias, transpose_result=True))
+                info["alg_id"] = _search(compressed, rows_t, bias)
         alg = info["alg_id"]
     return alg
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    # cuSPARSELt wants 16-byte aligned operands; a view at an odd offset (a slice of a bigger tensor) is copied.
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def compressed_weight(info: dict, packed: torch.Tensor) -> torch.Tensor | None:
+    """The compressed matrix inside `packed`, viewed to the shape and dtype torch._cslt_compress gave it; None if absent."""
+    return compressed_segment(packed, info["rows"], info["cols"], dtype_from_name(info["dtype"]), info.get("cslt_shape"))
 
 
 def sparse_rows_matmul(layer, rows: torch.Tensor, packed: torch.Tensor, bias) -> torch.Tensor:
@@ -118,15 +173,18 @@ def sparse_rows_matmul(layer, rows: torch.Tensor, packed: torch.Tensor, bias) ->
         raise ValueError(f"{NAME} runs only on layers marked by sparse_weights=True")
     if not sparse_cores(rows.device):
         return dense_fallback(layer, rows, packed, bias, f"{rows.device} has no sparse tensor cores usable by cuSPARSELt")
-    compressed = compressed_segment(packed, info["rows"], info["cols"], dtype_from_name(info["dtype"]))
+    compressed = compressed_weight(info, packed)
     if compressed is None:
         return dense_fallback(layer, rows, packed, bias, "its weight was packed without cuSPARSELt")
+    compressed = _aligned(compressed)
     m = rows.shape[0]
     pad = (-m) % ROW_MULTIPLE
-    rows = F.pad(rows, (0, 0, 0, pad)) if pad else rows.contiguous()
+    rows = F.pad(rows, (0, 0, 0, pad)) if pad else _aligned(rows.contiguous())
+    # [K, M] with strides [1, K]: cuSPARSELt reads it as the row-major [M, K] transposed, no copy.
     rows_t = rows.t()
-    bias = bias.contiguous() if bias is not None else None
-    out = torch._cslt_sparse_mm(compressed, rows_t, bias, transpose_result=True, alg_id=_alg_id(info, compressed, rows_t, bias))
+    bias = _aligned(bias.contiguous()) if bias is not None else None
+    alg_id = _alg_id(info, compressed, rows_t, bias)
+    out = torch._cslt_sparse_mm(compressed, rows_t, bias=bias, **mm_keywords(alg_id))
     return out[:m] if pad else out
 
 
