@@ -17,7 +17,6 @@ from kiln.engine.module import EngineModule
 from kiln.engine.optimize.sparse_weights import AS_MATRIX, SPARSE_ATTR
 from kiln.engine.plan import Step
 from kiln.sparsity import mask_2to4, prune_2to4
-from kiln.sparsity.packed import compressed_segment
 from tests.helpers import relative_error
 
 CUDA = torch.device("cuda")
@@ -48,7 +47,10 @@ def _check_tactic(layer, inputs, dtype):
     sparse = get_tactic(layer.kind, sparse_gemm.NAME)
     packed = sparse.prepare(layer, {layer.inputs[1]: inputs[1]})[layer.inputs[1]]
     info = layer.attrs[SPARSE_ATTR]
-    assert compressed_segment(packed, info["rows"], info["cols"], dtype) is not None
+    # The operand _cslt_sparse_mm gets: the shape and dtype _cslt_compress returned (2-D, one row per output).
+    compressed = sparse_gemm.compressed_weight(info, packed)
+    assert compressed is not None and list(compressed.shape) == info["cslt_shape"] and compressed.dtype == dtype
+    assert compressed.dim() == 2 and compressed.shape[0] == info["rows"] and compressed.data_ptr() % 16 == 0
     run = RunContext({})
     ref = get_tactic(layer.kind, REFERENCE).fn(layer, inputs, run).float()
     args = [inputs[0], packed, *inputs[2:]]
@@ -57,6 +59,23 @@ def _check_tactic(layer, inputs, dtype):
     assert out.shape == ref.shape and out.dtype == dtype
     assert relative_error(out.float(), ref) < TOL[dtype]
     return sparse, layer, args, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_packed_operand_gives_what_torchs_own_compressed_tensor_gives(dtype):
+    """Kiln's pack and view-back against the tensor _cslt_compress returned, in the same call: the same product."""
+    torch.manual_seed(0)
+    w, x, b = _pruned(512, 256, dtype=dtype), torch.randn(64, 256, device=CUDA, dtype=dtype), torch.randn(512, device=CUDA, dtype=dtype)
+    layer = _mark(Layer("linear", "l", ["x", "w", "b"], ["y"]), w)
+    packed = get_tactic("linear", sparse_gemm.NAME).prepare(layer, {"w": w})["w"]
+    info = layer.attrs[SPARSE_ATTR]
+    own = torch._cslt_compress(w)
+    assert list(own.shape) == info["cslt_shape"] and own.dtype == dtype
+    ours = sparse_gemm.compressed_weight(info, packed)
+    keywords = sparse_gemm.mm_keywords(0)
+    expected = torch._cslt_sparse_mm(own, x.t(), b, **keywords)
+    assert relative_error(torch._cslt_sparse_mm(ours, x.t(), b, **keywords).float(), expected.float()) < 1e-3
+    assert relative_error(expected.float(), F.linear(x.float(), w.float(), b.float())) < TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -184,7 +203,7 @@ def test_compiled_pruned_ffn_chooses_sparse_at_a_big_shape_matches_eager_and_sur
     kiln.save(compiled, path)
     loaded = kiln.load(path)
     steps = [s for e in loaded.engine_blocks.values() for s in e.plan.steps if s.tactic == sparse_gemm.NAME]
-    assert steps and all("alg_id" in s.layer.attrs[SPARSE_ATTR] for s in steps)
+    assert steps and all({"alg_id", "cslt_shape"} <= set(s.layer.attrs[SPARSE_ATTR]) for s in steps)
     with torch.no_grad():
         assert relative_error(loaded(x).float(), out.float()) < 1e-3
 
