@@ -79,17 +79,11 @@ def test_embedding_matches_eager(shape):
     assert "index_select" in layer_kinds(compiled)
 
 
-@pytest.mark.parametrize(
-    "fn, reason",
-    [
-        (lambda x: x[x > 0], "boolean mask"),
-        (lambda x: x[torch.tensor([0, 1]), torch.tensor([2, 3])], "2 index tensors"),
-    ],
-)
-def test_unsupported_indexing_falls_back_with_reason(fn, reason):
+def test_boolean_mask_indexing_falls_back_with_reason():
+    # Several index tensors run on the engine (test_indexing.py); a mask's output size is data-dependent.
     x = torch.randn(4, 6)
-    report = kiln.compile(Lambda(fn), [x], min_block_size=1, dryrun=True)
-    assert any(reason in row.reason for row in report.rows), report.table()
+    report = kiln.compile(Lambda(lambda x: x[x > 0]), [x], min_block_size=1, dryrun=True)
+    assert any("boolean mask" in row.reason for row in report.rows), report.table()
 
 
 def test_gather_on_a_scalar():
