@@ -122,11 +122,12 @@ def _broadcasts_to(small: list[Dim], full: list[Dim]) -> bool:
     return all(s == f or s == 1 for s, f in zip(reversed(list(small)), reversed(list(full))))
 
 
-def _fused_layer(network: Network, group: list[Layer]) -> Layer:
+def group_program(network: Network, group: list[Layer], first_input: str | None = None) -> tuple[list[str], Program]:
+    """The group's external inputs (first_input first, if given) and its arithmetic as a program over them."""
     readers = network.consumers()
     names = {m.name for m in group}
     made = [o for m in group for o in m.outputs]
-    inputs: list[str] = []
+    inputs: list[str] = [first_input] if first_input is not None else []
     for m in group:
         for n in m.inputs:
             if n is not None and n not in made and n not in inputs:
@@ -138,7 +139,13 @@ def _fused_layer(network: Network, group: list[Layer]) -> Layer:
         ops.append({"kind": m.kind, "op": m.attrs.get("op", m.kind), "args": args, "attrs": dict(m.attrs)})
         number[m.outputs[0]] = len(inputs) + len(ops) - 1
     outs = [o for o in made if o in network.outputs or any(r.name not in names for r in readers.get(o, []))]
-    program = Program(len(inputs), tuple(ops), tuple(number[o] for o in outs))
+    return inputs, Program(len(inputs), tuple(ops), tuple(number[o] for o in outs))
+
+
+def _fused_layer(network: Network, group: list[Layer]) -> Layer:
+    inputs, program = group_program(network, group)
+    made = [o for m in group for o in m.outputs]
+    outs = [made[i - program.num_inputs] for i in program.outputs]
     attrs = {
         "program": program.to_json(),
         "out_dtypes": [dtype_name(network.tensors[o].dtype) for o in outs],
