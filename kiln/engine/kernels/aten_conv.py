@@ -146,5 +146,5 @@ def conv_patchify_gemm(layer, inputs, run):
         raise ValueError("gemm_patchify runs only with the weight its prepare made, on sizes divisible by the stride")
     gh, gw = h // sh, w // sw
     # [N, C, gh, sh, gw, sw] -> [N, gh, gw, sh, sw, C]: one row per patch, in the weight's (kh, kw, Cin) order.
-    rows = x.view(n, c, gh, sh, gw, sw).permute(0, 2, 4, 3, 5, 1).reshape(n * gh * gw, sh * sw * c)
+    rows = x.reshape(n, c, gh, sh, gw, sw).permute(0, 2, 4, 3, 5, 1).reshape(n * gh * gw, sh * sw * c)
     return _gemm_nhwc(rows, w_mat, b, n, gh, gw)

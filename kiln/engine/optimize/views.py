@@ -3,7 +3,8 @@
 The reference tactics of these kinds copy into a dense tensor, which a transformer pays for on
 every head split (qkv.reshape(...).permute(...).unbind(0) moves the whole qkv activation once
 more). PyTorch's matmul, SDPA, norm, softmax and pointwise kernels read strided tensors
-directly, so where every reader is one of those, the copy buys nothing. This pass marks such
+directly, so where every reader is one of those, the copy buys nothing. Conv tactics ask for
+channels-last memory, which ConvNeXt's permute back from NHWC already is: no copy either. This pass marks such
 layers `view_ok`; kernels/aten_view.py then has a view tactic for them, which the builder
 times (it costs no kernel at all) against the copying reference.
 
@@ -19,7 +20,7 @@ from kiln.engine.optimize import OptimizeContext, optimize_pass
 
 VIEWABLE = frozenset({"permute", "select", "slice", "reshape"})
 STRIDE_TOLERANT = frozenset(
-    {"attention", "linear", "matmul", "binary", "unary", "norm", "softmax", "reduce", "fused_pointwise"}
+    {"attention", "linear", "matmul", "binary", "unary", "norm", "softmax", "reduce", "fused_pointwise", "conv", "conv_epilogue"}
     | {"reshape", "permute", "select", "slice", "cast", "concat"}
 )
 
