@@ -81,3 +81,17 @@ def test_per_channel_weight_and_fp8_rounding():
     # e4m3 rounding is what torch's float8 cast does, to the range's edge.
     assert torch.equal(w8.float(), (w / torch.tensor(scales8).view(-1, 1, 1, 1)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float())
     assert quantize(torch.tensor([0.5, 1.5, 2.5, -0.5]), 1.0, 0, "int8").tolist() == [0, 2, 2, 0]  # half to even, as rint
+
+
+def test_qconv_reference_long_reduction_is_exact():
+    # K = 256 * 3 * 3 = 2304 is past FP32's exact range: the reference sums exact FP32 chunks in float64.
+    x_q = torch.full((1, 256, 5, 5), -128, dtype=torch.int8)
+    x_q[0, 0, 2, 2] = -127  # an odd product: the sums are odd integers above 2^24
+    w_q = torch.full((4, 256, 3, 3), 127, dtype=torch.int8)
+    layer = _qconv_layer(1, x_zero_point=0)
+    scale = torch.ones(4)
+    out = get_tactic("qconv", "reference").fn(layer, [x_q, w_q, None, None, scale], RUN)
+    acc = _int_conv(x_q, w_q, 0, 1, 1, 1)
+    assert acc.abs().max() > 2**24
+    expected = acc.float() * (scale * torch.tensor(0.05, dtype=torch.float32)).view(1, -1, 1, 1)
+    assert torch.equal(out, expected)

@@ -20,7 +20,7 @@ import torch
 
 from kiln.engine.kernels.pointwise import UNARY_OPS
 from kiln.engine.kernels.registry import reference
-from kiln.quantize.numerics import accumulation_dtype, finish, integer_values, quantize
+from kiln.quantize.numerics import FP32_EXACT_K, accumulation_dtype, finish, integer_values, quantize
 
 
 def apply_activation(name: str, y: torch.Tensor, attrs: dict) -> torch.Tensor:
@@ -34,10 +34,22 @@ def quantize_reference(layer, inputs, run):
 
 
 def conv_accumulator(x: torch.Tensor, w: torch.Tensor, attrs: dict) -> torch.Tensor:
-    dtype = accumulation_dtype(x, w[0].numel())
-    xv = integer_values(x, attrs.get("x_zero_point", 0), dtype)
-    wv = integer_values(w, 0, dtype)
-    return torch.ops.aten.convolution(xv, wv, None, attrs["stride"], attrs["padding"], attrs["dilation"], False, [0, 0], attrs["groups"])
+    """The exact accumulator. INT8 with a long reduction is split into input-channel chunks whose
+    FP32 sums are exact, added in float64: float64 convolutions are slow (on GPUs above all)."""
+    a = attrs
+    conv = lambda xv, wv, groups: torch.ops.aten.convolution(xv, wv, None, a["stride"], a["padding"], a["dilation"], False, [0, 0], groups)
+    taps = w[0, 0].numel()
+    zero_point = a.get("x_zero_point", 0)
+    if x.dtype != torch.int8 or accumulation_dtype(x, w[0].numel()) == torch.float32 or a["groups"] != 1 or taps > FP32_EXACT_K:
+        dtype = accumulation_dtype(x, w[0].numel())
+        return conv(integer_values(x, zero_point, dtype), integer_values(w, 0, dtype), a["groups"])
+    step = FP32_EXACT_K // taps
+    acc = None
+    for c0 in range(0, x.shape[1], step):
+        xv = integer_values(x[:, c0 : c0 + step], zero_point, torch.float32)
+        part = conv(xv, integer_values(w[:, c0 : c0 + step], 0, torch.float32), 1)
+        acc = part.double() if acc is None else acc + part.double()
+    return acc
 
 
 @reference("qconv")
