@@ -31,7 +31,12 @@ def fused(ops: list[dict], num_inputs: int, outputs: list[int], out_dtypes: list
     return Layer("fused_pointwise", "f", [], [], {"program": program.to_json(), "out_dtypes": out_dtypes})
 
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def check(layer: Layer, inputs: list[torch.Tensor], tol: float):
+    # Built on the CPU (same random values everywhere), run where Triton runs: the GPU, else its interpreter.
+    inputs = [x.to(DEVICE) for x in inputs]
     ref = fused_pointwise_reference(layer, inputs, RUN)
     dtypes = [getattr(torch, d) for d in layer.attrs["out_dtypes"]]
     got = run_generated(Program.from_json(layer.attrs["program"]), inputs, dtypes, [None] * len(dtypes))
@@ -101,8 +106,8 @@ def test_fp16_nhwc_squeeze_excite_bias_and_activation():
 def test_strided_views_are_read_through_their_strides():
     torch.manual_seed(0)
     base = torch.randn(6, 10, 8)
-    transposed = base.permute(2, 0, 1)  # [8, 6, 10], not contiguous
-    sliced = torch.randn(8, 6, 20)[:, :, 3:13]  # a view with an offset and a row stride of 20
+    transposed = base.to(DEVICE).permute(2, 0, 1)  # [8, 6, 10], not contiguous
+    sliced = torch.randn(8, 6, 20).to(DEVICE)[:, :, 3:13]  # a view with an offset and a row stride of 20
     ops = [
         {"kind": "binary", "op": "mul", "args": [0, 1], "attrs": {"op": "mul"}},
         {"kind": "unary", "op": "tanh", "args": [2], "attrs": {"op": "tanh"}},
