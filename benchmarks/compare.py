@@ -205,7 +205,9 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
             row["img_per_s"] = batch / row["median_ms"] * 1e3
             row["peak_mem_mb"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
             gc.collect()
-            # What the mode keeps after its calls (its weights copy, buffers, graph pools), beyond the shared model.
+            torch.cuda.empty_cache()
+            # What the mode keeps after its calls (its weights copy, buffers, graph pools), beyond the shared model:
+            # reserved memory with the allocator's free cache returned, measured the same way for every mode.
             row["held_mb"] = round((torch.cuda.memory_reserved() - reserved_base) / 2**20, 1)
             compiled = info.pop("_compiled", None)
             if compiled is not None:
