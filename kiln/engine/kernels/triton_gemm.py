@@ -9,7 +9,8 @@ batch 1 one launch replaces two.
 
 Extra inputs of the epilogue are read per tile: an input of the output's shape at the tile's
 offsets, one that varies along the output features only ([N], [1, N], ...) at the tile's
-columns. The weight is read as stored ([N, K], K contiguous), so no prepared copy is kept.
+columns. The weight is read as stored, through its strides, so no prepared copy is kept; the
+1x1-conv tactic (triton_gemm_1x1.py) runs the same kernel over NHWC rows.
 Tile configurations are separate tactics, so the builder's timing picks the tile per layer.
 """
 
@@ -49,7 +50,7 @@ def kernel_source(program: Program | None, extra_kinds: tuple[str, ...]) -> str:
     if program is not None:
         lines, (result,) = emit(program, loads, prefix="ep")
         epilogue = "\n".join("    " + line for line in [*lines, f"acc = {result}"])
-    args = ", ".join(["a_ptr", "w_ptr", "bias_ptr", "c_ptr", *extras, "M", "N", "K"])
+    args = ", ".join(["a_ptr", "w_ptr", "bias_ptr", "c_ptr", *extras, "M", "N", "K", "stride_wn", "stride_wk"])
     return MODULE_HEADER + f'''
 @triton.jit(do_not_specialize=["M"])
 def gemm_kernel(
@@ -65,7 +66,7 @@ def gemm_kernel(
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
         a = tl.load(a_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-        w = tl.load(w_ptr + rn[None, :] * K + kk[:, None], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+        w = tl.load(w_ptr + rn[None, :] * stride_wn + kk[:, None] * stride_wk, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
         acc = tl.dot(a, w, acc)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     offsets = rm[:, None] * N + rn[None, :]
@@ -86,6 +87,8 @@ def extra_kind(extra: torch.Tensor, out_shape: tuple[int, ...]) -> str | None:
 
 
 def gemm(x: torch.Tensor, w: torch.Tensor, b, extras: list, program: Program | None, config: tuple, out=None) -> torch.Tensor:
+    """program(x @ w.T + b, *extras) over the last dim of x; w is [N, K] at any strides (a linear's
+    weight as stored, or the transposed view of a prepared [K, N] matrix)."""
     n_out, k = w.shape
     shape = (*x.shape[:-1], n_out)
     rows = x.reshape(-1, k)
@@ -101,7 +104,7 @@ def gemm(x: torch.Tensor, w: torch.Tensor, b, extras: list, program: Program | N
     block_m, block_n, block_k, warps, stages = config
     grid = (triton.cdiv(m, block_m), triton.cdiv(n_out, block_n))
     _kernel(program, kinds)[grid](
-        rows, w.contiguous(), b if b is not None else rows, out, *extras, m, n_out, k,
+        rows, w, b if b is not None else rows, out, *extras, m, n_out, k, w.stride(0), w.stride(1),
         HAS_BIAS=b is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out
