@@ -125,3 +125,21 @@ def test_concurrent_first_calls_record_safely_at_many_shapes():
     with ThreadPoolExecutor(len(sizes)) as pool:
         errors = list(pool.map(worker, sizes))
     assert max(errors) < FP16_TOL
+
+
+def test_out_of_memory_while_recording_is_a_clear_error_and_releases_what_it_took():
+    model, make = _model_and_inputs("mlp")
+    x = torch.randn(1 << 20, 64, device=CUDA)  # the arena at this size is about 1 GB
+    compiled = _compile(model, x)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info()
+    blocker = torch.empty(free - (512 << 20), dtype=torch.uint8, device=CUDA)  # leave 512 MB: recording needs more
+    before = torch.cuda.memory_allocated()
+    with torch.no_grad(), pytest.raises(kiln.OutOfMemoryError, match="recording a CUDA graph.*max_cuda_graphs"):
+        compiled(x)
+    assert torch.cuda.memory_allocated() == before
+    del blocker
+    torch.cuda.empty_cache()
+    with torch.no_grad():
+        assert relative_error(compiled(x), model(x)) < FP16_TOL

@@ -59,6 +59,7 @@ every call returns tensors of its own.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -71,6 +72,7 @@ from kiln.engine.ir.symbol_values import tuning_points
 from kiln.engine.ir.symbolic import evaluate_shape
 from kiln.engine.ir.tensor import Layout
 from kiln.engine.runtime.executor import PlanExecutor
+from kiln.errors import OutOfMemoryError
 
 Shapes = tuple[tuple[int, ...], ...]
 
@@ -182,7 +184,7 @@ class CudaGraphRunner:
                 with _GPU_WORK.exclusive():
                     if ctx.done is not None:
                         stream.wait_event(ctx.done)
-                    self._record(ctx, inputs, key, device)
+                    self._record_or_explain(ctx, inputs, key, device)
             with _GPU_WORK.shared():
                 if ctx.done is not None:
                     stream.wait_event(ctx.done)
@@ -221,6 +223,26 @@ class CudaGraphRunner:
     def _to_back(self, ctx: ExecutionContext) -> None:
         self.contexts.remove(ctx)
         self.contexts.append(ctx)
+
+    def _record_or_explain(self, ctx: ExecutionContext, inputs: list[torch.Tensor], key: Shapes, device: torch.device) -> None:
+        """Record, or on running out of memory free what the attempt took and say what to do."""
+        try:
+            self._record(ctx, inputs, key, device)
+            return
+        except (torch.OutOfMemoryError, OutOfMemoryError) as exc:
+            where = str(exc).split(" while ")[0] if isinstance(exc, OutOfMemoryError) else "out of GPU memory"
+        if not ctx.graphs:  # a context with no graph keeps nothing worth its arena and pool
+            ctx.arena = None
+            ctx.pool = None
+        gc.collect()
+        torch.cuda.empty_cache()
+        held = sum(len(c.graphs) for c in self.contexts)
+        raise OutOfMemoryError(
+            f"{where} while recording a CUDA graph for input shapes {list(key)} on {device} "
+            f"({held} graph(s) already held in {len(self.contexts)} execution context(s)). Call with smaller inputs, "
+            "compile with a smaller max_shape, or with fewer max_cuda_graphs / max_execution_contexts, or "
+            "cuda_graphs=False; the memory this attempt took has been released."
+        ) from None
 
     def _record(self, ctx: ExecutionContext, inputs: list[torch.Tensor], key: Shapes, device: torch.device) -> None:
         plan = self.executor.plan

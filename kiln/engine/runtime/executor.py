@@ -19,6 +19,7 @@ from kiln.engine.ir.symbolic import evaluate_shape
 from kiln.engine.ir.tensor import Layout, TensorDesc
 from kiln.engine.kernels.registry import RunContext, get_tactic
 from kiln.engine.plan import ArenaPlan, Plan
+from kiln.errors import OutOfMemoryError
 
 
 class ArenaRunContext(RunContext):
@@ -96,10 +97,20 @@ class PlanExecutor:
             run = ArenaRunContext(symbols, arena, self.plan.arena, self.plan.tensors)
         else:
             run = RunContext(symbols)
-        for fn, layer, ins, outs, frees in self.program:
+        for index, (fn, layer, ins, outs, frees) in enumerate(self.program):
             if isinstance(run, ArenaRunContext):
                 run.current_outputs = layer.outputs
-            result = fn(layer, [values[i] if i is not None else None for i in ins], run)
+            try:
+                result = fn(layer, [values[i] if i is not None else None for i in ins], run)
+            except torch.OutOfMemoryError:
+                # Named here, raised without the original traceback: its frames would hold this call's tensors.
+                step = self.plan.steps[index]
+                failed = f"layer {layer.name} ({layer.kind}, tactic {step.tactic})"
+            else:
+                failed = None
+            if failed is not None:
+                values.clear()
+                raise OutOfMemoryError(f"out of GPU memory in {failed} while running the engine") from None
             if isinstance(result, torch.Tensor):
                 values[outs[0]] = result
             else:
