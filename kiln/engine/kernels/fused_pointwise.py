@@ -61,7 +61,7 @@ def run_generated(program: Program, inputs: list[torch.Tensor], out_dtypes: list
     fmt = _memory_format(template, shape)
     outs = []
     for dtype, buf in zip(out_dtypes, planned):
-        if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype or not _dense_in(buf, fmt):
+        if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype or not buf.is_contiguous(memory_format=fmt):
             buf = torch.empty(shape, dtype=dtype, device=template.device, memory_format=fmt)
         outs.append(buf)
     numel = outs[0].numel()
@@ -71,14 +71,19 @@ def run_generated(program: Program, inputs: list[torch.Tensor], out_dtypes: list
     order = sorted(range(len(shape)), key=lambda d: -outs[0].stride(d)) or [None]
     sizes = [shape[d] if d is not None else 1 for d in order]
     dense = _dense_strides(sizes)
-    if any([o.stride(d) if d is not None else 1 for d in order] != dense for o in outs):
+
+    def walked(strides) -> list[int]:
+        # A size-1 dim is only ever index 0: its stride means nothing, so it counts as dense.
+        return [st if d is not None and size != 1 else dn for d, size, st, dn in zip(order, sizes, strides, dense)]
+
+    if any(walked([o.stride(d) if d is not None else 1 for d in order]) != dense for o in outs):
         raise ValueError("fused_pointwise needs outputs dense in one memory order")
     in_strides, dense_flags = [], []
     for x in inputs:
         expanded = x.expand(shape).stride()
         strides = [expanded[d] if d is not None else 0 for d in order]
         in_strides.append(strides)
-        dense_flags.append(strides == dense)
+        dense_flags.append(walked(strides) == dense)
     kernel = _kernel(program, [x.dtype for x in inputs], out_dtypes, len(sizes))
     block = 1024 if numel >= 1 << 16 else max(128, triton.next_power_of_2(min(numel, 1024)))
     args = [*inputs, *outs, numel, *sizes, *(s for st in in_strides for s in st)]
@@ -93,10 +98,6 @@ def _memory_format(template: torch.Tensor, shape) -> torch.memory_format:
         if not template.is_contiguous():
             return torch.channels_last
     return torch.contiguous_format
-
-
-def _dense_in(buf: torch.Tensor, fmt: torch.memory_format) -> bool:
-    return buf.is_contiguous(memory_format=fmt)
 
 
 def _dense_strides(sizes: list[int]) -> list[int]:

@@ -136,3 +136,11 @@ def test_zero_dim_constant_and_one_element_output():
         {"kind": "unary", "op": "exp", "args": [2], "attrs": {"op": "exp"}},
     ]
     check(fused(ops, 2, [3], ["float32"]), [torch.tensor(0.5), torch.tensor([[2.0]])], 1e-6)
+
+
+def test_size_one_dims_with_any_stride_read_densely_and_correctly():
+    torch.manual_seed(0)
+    a = torch.randn(2, 5, 1).transpose(1, 2)  # [2, 1, 5], strides (5, 1, 1): dense but for the size-1 dim
+    b = torch.randn(2, 3, 5)[:, 1:2, :]  # [2, 1, 5] at a row stride of 15: not dense
+    ops = [{"kind": "binary", "op": "sub", "args": [0, 1], "attrs": {"op": "sub"}}]
+    check(fused(ops, 2, [2], ["float32"]), [a, b], 1e-6)
