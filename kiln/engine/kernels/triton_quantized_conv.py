@@ -60,11 +60,11 @@ def qconv_kernel(
             x_row = ((n_idx * H + ih) * W + iw) * C
             for c0 in range(0, C, BLOCK_K):
                 cc = c0 + rk
-                a = tl.load(x_ptr + x_row[:, None] + cc[None, :], mask=pix_ok[:, None] & (cc[None, :] < C), other=0)
+                a = tl.load(x_ptr + x_row[:, None] + cc[None, :], mask=pix_ok[:, None] & (cc[None, :] < C), other=0.0)
                 if HAS_ZP:
                     a = tl.where(pix_ok[:, None], a, x_zp.to(tl.int8))
                 w_rows = tap * C + cc
-                b = tl.load(w_ptr + w_rows[:, None] * N + rn[None, :], mask=(cc[:, None] < C) & (rn[None, :] < N), other=0)
+                b = tl.load(w_ptr + w_rows[:, None] * N + rn[None, :], mask=(cc[:, None] < C) & (rn[None, :] < N), other=0.0)
                 acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
                 if HAS_ZP:
                     colsum += tl.sum(b.to(tl.int32), axis=0)
@@ -80,10 +80,10 @@ def qconv_kernel(
             iw = ow[:, None] * SW - PW + s[None, :] * DW
             inside = (rm[:, None] < M) & (kk[None, :] < K) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a_offsets = ((n_idx[:, None] * H + ih) * W + iw) * C + c[None, :]
-            a = tl.load(x_ptr + a_offsets, mask=inside, other=0)
+            a = tl.load(x_ptr + a_offsets, mask=inside, other=0.0)
             if HAS_ZP:
                 a = tl.where(inside, a, x_zp.to(tl.int8))
-            b = tl.load(w_ptr + kk[:, None] * N + rn[None, :], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0)
+            b = tl.load(w_ptr + kk[:, None] * N + rn[None, :], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
             acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
             if HAS_ZP:
                 colsum += tl.sum(b.to(tl.int32), axis=0)

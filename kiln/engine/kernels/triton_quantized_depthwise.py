@@ -41,10 +41,10 @@ def qdepthwise_kernel(
             iw = ow * SW - PW + s * DW
             inside = (rm < M) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             x_offsets = ((n_idx * H + ih) * W + iw)[:, None] * N + rn[None, :]
-            x = tl.load(x_ptr + x_offsets, mask=inside[:, None] & (rn[None, :] < N), other=0)
+            x = tl.load(x_ptr + x_offsets, mask=inside[:, None] & (rn[None, :] < N), other=0.0)
             if HAS_ZP:
                 x = tl.where(inside[:, None], x, x_zp.to(tl.int8))
-            w = tl.load(w_ptr + (r * KW + s) * N + rn, mask=rn < N, other=0)
+            w = tl.load(w_ptr + (r * KW + s) * N + rn, mask=rn < N, other=0.0)
             acc += x.to(ACC_TYPE) * w.to(ACC_TYPE)[None, :]
             if HAS_ZP:
                 colsum += w.to(tl.int32)

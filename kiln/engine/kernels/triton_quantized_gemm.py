@@ -46,8 +46,8 @@ def qgemm_kernel(
     colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
-        a = tl.load(a_base + rm[:, None] * s_am + kk[None, :] * s_ak, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0)
-        b = tl.load(b_base + kk[:, None] * s_bk + rn[None, :] * s_bn, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0)
+        a = tl.load(a_base + rm[:, None] * s_am + kk[None, :] * s_ak, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+        b = tl.load(b_base + kk[:, None] * s_bk + rn[None, :] * s_bn, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
         acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
         if HAS_ZP:
             colsum += tl.sum(b.to(tl.int32), axis=0)
