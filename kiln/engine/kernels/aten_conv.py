@@ -7,6 +7,7 @@ passes it to cudnnConvolutionBiasActivationForward-style epilogues where it can)
 
 import torch
 
+from kiln.engine.kernels.conv import scale_input
 from kiln.engine.kernels.registry import reference, tactic
 from kiln.engine.kernels.triton_epilogue import apply_activation, finish_in_place
 
@@ -22,9 +23,9 @@ def _weight_nhwc(layer, weights: dict) -> dict:
     return {name: weights[name].contiguous(memory_format=torch.channels_last)}
 
 
-@tactic("conv", "aten_nhwc", when=_is_conv2d, prepare=_weight_nhwc)
+@tactic("conv", "aten_nhwc", when=_is_conv2d, prepare=_weight_nhwc, takes=("scaled_input",))
 def conv_nhwc(layer, inputs, run):
-    x, w, b = inputs
+    x, w, b = scale_input(layer, inputs)
     a = layer.attrs
     x = x.contiguous(memory_format=torch.channels_last)
     return torch.convolution(x, w, b, a["stride"], a["padding"], a["dilation"], a["transposed"], a["output_padding"], a["groups"])
@@ -43,15 +44,15 @@ def _epilogue(y, residual, a):
     return apply_activation(y, a)
 
 
-@reference("conv_epilogue")
+@reference("conv_epilogue", takes=("scaled_input",))
 def conv_epilogue_reference(layer, inputs, run):
-    x, w, b, residual = inputs
+    x, w, b, residual = scale_input(layer, inputs)
     return _epilogue(_conv(x, w, b, layer.attrs), residual, layer.attrs)
 
 
-@tactic("conv_epilogue", "aten_nhwc", when=_is_conv2d, prepare=_weight_nhwc)
+@tactic("conv_epilogue", "aten_nhwc", when=_is_conv2d, prepare=_weight_nhwc, takes=("scaled_input",))
 def conv_epilogue_nhwc(layer, inputs, run):
-    x, w, b, residual = inputs
+    x, w, b, residual = scale_input(layer, inputs)
     y = _conv(x.contiguous(memory_format=torch.channels_last), w, b, layer.attrs)
     # y is this layer's own fresh output: residual and activation overwrite it in one generated pass.
     return finish_in_place(y, residual, layer.attrs)
@@ -115,9 +116,9 @@ def _gemm_nhwc(x_rows, w_mat, b, n, h, w):
     return out.view(n, h, w, w_mat.shape[1]).permute(0, 3, 1, 2)
 
 
-@tactic("conv", "gemm_1x1", when=is_pointwise_conv, prepare=weight_as_gemm_1x1)
+@tactic("conv", "gemm_1x1", when=is_pointwise_conv, prepare=weight_as_gemm_1x1, takes=("scaled_input",))
 def conv_1x1_gemm(layer, inputs, run):
-    x, w_mat, b = inputs
+    x, w_mat, b = scale_input(layer, inputs)
     if w_mat.dim() != 2 or w_mat.shape[0] != x.shape[1]:
         raise ValueError("gemm_1x1 runs only with the weight its prepare made")
     n, c, h, w = x.shape

@@ -20,7 +20,7 @@ def _on_cuda(layer, target) -> bool:
     return target.is_cuda
 
 
-@tactic("linear", "aten_addmm", when=_on_cuda, takes_epilogue=True)
+@tactic("linear", "aten_addmm", when=_on_cuda, takes=("epilogue",))
 def linear_addmm(layer, inputs, run):
     x, w, b, *extras = inputs
     flat = x.reshape(-1, x.shape[-1])

@@ -5,7 +5,7 @@ from kiln.engine.kernels.codegen.program import Program, evaluate
 from kiln.engine.kernels.registry import reference
 
 
-@reference("linear", takes_epilogue=True)
+@reference("linear", takes=("epilogue",))
 def linear_reference(layer, inputs, run):
     x, w, b, *extras = inputs
     return apply_epilogue(layer, F.linear(x, w, b), extras, run)

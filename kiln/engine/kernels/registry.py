@@ -52,8 +52,9 @@ class Tactic:
     when: Callable[[Layer, BuildTarget], bool]
     prepare: Callable[[Layer, dict], dict] | None = None
     unprepare: Callable[[Layer, torch.Tensor], torch.Tensor] | None = None
-    # Computes attrs["epilogue"] (a pointwise program fused onto the layer's output) when the layer has one.
-    takes_epilogue: bool = False
+    # Fusion attributes this tactic computes when a layer carries them (FUSED_ATTRS); a layer
+    # carrying one runs only on tactics that take it.
+    takes: frozenset[str] = frozenset()
 
 
 _TACTICS: dict[str, dict[str, Tactic]] = {}
@@ -63,31 +64,35 @@ def _always(layer: Layer, target: BuildTarget) -> bool:
     return True
 
 
-def tactic(
-    kind: str, name: str, when: Callable[[Layer, BuildTarget], bool] = _always, prepare=None, unprepare=None, takes_epilogue=False
-):
+# Attributes fusion passes add to a layer that change what it computes: "epilogue" (a pointwise
+# program on the output, optimize/fuse_gemm_epilogue.py) and "scaled_input" (input 0 multiplied
+# by a last extra input first, optimize/fuse_input_scale.py).
+FUSED_ATTRS = ("epilogue", "scaled_input")
+
+
+def tactic(kind: str, name: str, when: Callable[[Layer, BuildTarget], bool] = _always, prepare=None, unprepare=None, takes=()):
     def register(fn):
         table = _TACTICS.setdefault(kind, {})
         if name in table:
             raise RuntimeError(f"tactic {name!r} registered twice for layer kind {kind!r}")
-        table[name] = Tactic(kind, name, fn, when, prepare, unprepare, takes_epilogue)
+        table[name] = Tactic(kind, name, fn, when, prepare, unprepare, frozenset(takes))
         return fn
 
     return register
 
 
-def reference(kind: str, takes_epilogue: bool = False):
+def reference(kind: str, takes=()):
     """The plain-PyTorch way to compute `kind`: runs on any device, the oracle for every other tactic."""
-    return tactic(kind, REFERENCE, takes_epilogue=takes_epilogue)
+    return tactic(kind, REFERENCE, takes=takes)
 
 
 def tactics_for(layer: Layer, target: BuildTarget) -> list[Tactic]:
     table = _TACTICS.get(layer.kind)
     if not table or REFERENCE not in table:
         raise KeyError(f"layer kind {layer.kind!r} has no reference tactic")
-    # A layer carrying a fused epilogue may only run on tactics that compute it.
-    fused = "epilogue" in layer.attrs
-    return [t for t in table.values() if (t.takes_epilogue or not fused) and t.when(layer, target)]
+    # A layer carrying a fusion attribute may only run on tactics that compute it.
+    fused = {a for a in FUSED_ATTRS if layer.attrs.get(a)}
+    return [t for t in table.values() if fused <= t.takes and t.when(layer, target)]
 
 
 def get_tactic(kind: str, name: str) -> Tactic:

@@ -50,12 +50,12 @@ def kernel_source(program: Program | None, extra_kinds: tuple[str, ...]) -> str:
     if program is not None:
         lines, (result,) = emit(program, loads, prefix="ep")
         epilogue = "\n".join("    " + line for line in [*lines, f"acc = {result}"])
-    args = ", ".join(["a_ptr", "w_ptr", "bias_ptr", "c_ptr", *extras, "M", "N", "K", "stride_wn", "stride_wk"])
+    args = ", ".join(["a_ptr", "w_ptr", "bias_ptr", "c_ptr", "s_ptr", *extras, "M", "N", "K", "stride_wn", "stride_wk", "rows_per_scale"])
     return MODULE_HEADER + f'''
-@triton.jit(do_not_specialize=["M"])
+@triton.jit(do_not_specialize=["M", "rows_per_scale"])
 def gemm_kernel(
     {args},
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -66,6 +66,10 @@ def gemm_kernel(
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
         a = tl.load(a_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+        if HAS_SCALE:
+            # The input scale prologue: a squeeze-excite channel scale, one row of K per group of rows (an image).
+            sc = tl.load(s_ptr + (rm // rows_per_scale)[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+            a = (a.to(tl.float32) * sc.to(tl.float32)).to(a.dtype)
         w = tl.load(w_ptr + rn[None, :] * stride_wn + kk[:, None] * stride_wk, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
         acc = tl.dot(a, w, acc)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
@@ -86,9 +90,12 @@ def extra_kind(extra: torch.Tensor, out_shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def gemm(x: torch.Tensor, w: torch.Tensor, b, extras: list, program: Program | None, config: tuple, out=None) -> torch.Tensor:
-    """program(x @ w.T + b, *extras) over the last dim of x; w is [N, K] at any strides (a linear's
-    weight as stored, or the transposed view of a prepared [K, N] matrix)."""
+def gemm(
+    x: torch.Tensor, w: torch.Tensor, b, extras: list, program: Program | None, config: tuple, out=None, row_scale=None
+) -> torch.Tensor:
+    """program((x * row_scale) @ w.T + b, *extras) over the last dim of x; w is [N, K] at any strides (a
+    linear's weight as stored, or the transposed view of a prepared [K, N] matrix). row_scale, if given,
+    is [G, K]: row m of x is scaled by row m // (M / G), rounded to x's dtype before the product."""
     n_out, k = w.shape
     shape = (*x.shape[:-1], n_out)
     rows = x.reshape(-1, k)
@@ -101,11 +108,19 @@ def gemm(x: torch.Tensor, w: torch.Tensor, b, extras: list, program: Program | N
     if None in kinds:
         raise ValueError("triton_gemm reads epilogue inputs of the output's shape or along its features only")
     extras = [e.contiguous() if kind == "full" else e.reshape(-1).contiguous() for e, kind in zip(extras, kinds)]
+    rows_per_scale = 1
+    if row_scale is not None:
+        if row_scale.dim() != 2 or row_scale.shape[1] != k or m % row_scale.shape[0]:
+            raise ValueError("triton_gemm's input scale is [groups, K] with the rows an exact number of groups")
+        row_scale = row_scale.contiguous()
+        rows_per_scale = m // row_scale.shape[0]
     block_m, block_n, block_k, warps, stages = config
     grid = (triton.cdiv(m, block_m), triton.cdiv(n_out, block_n))
     _kernel(program, kinds)[grid](
-        rows, w, b if b is not None else rows, out, *extras, m, n_out, k, w.stride(0), w.stride(1),
-        HAS_BIAS=b is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        rows, w, b if b is not None else rows, out, row_scale if row_scale is not None else rows, *extras,
+        m, n_out, k, w.stride(0), w.stride(1), rows_per_scale,
+        HAS_BIAS=b is not None, HAS_SCALE=row_scale is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out
 
@@ -115,7 +130,7 @@ def _applies(layer, target) -> bool:
 
 
 def _register(name: str, config: tuple) -> None:
-    @tactic("linear", name, when=_applies, takes_epilogue=True)
+    @tactic("linear", name, when=_applies, takes=("epilogue",))
     def linear_triton(layer, inputs, run):
         x, w, b, *extras = inputs
         if x.dtype not in FLOAT_DTYPES[1:]:

@@ -33,7 +33,7 @@ def block_sizes(k: int, n: int) -> tuple[int, int, int, int, int]:
     return 128, block_n, block_k, 4 if block_n == 64 else 8, 3
 
 
-def gemm_1x1(x: torch.Tensor, w_mat: torch.Tensor, bias, residual, attrs: dict, out: torch.Tensor | None = None):
+def gemm_1x1(x: torch.Tensor, w_mat: torch.Tensor, bias, residual, attrs: dict, out: torch.Tensor | None = None, scale=None):
     """act(conv1x1(x) + bias + residual) for NCHW-shaped x on channels-last memory; returns a channels-last NCHW tensor.
 
     The activation is attrs["activation"] (with attrs["activation_attrs"]), any op of the vocabulary."""
@@ -45,7 +45,10 @@ def gemm_1x1(x: torch.Tensor, w_mat: torch.Tensor, bias, residual, attrs: dict, 
     extras = [nhwc_rows(residual)] if residual is not None else []
     program = epilogue_program(attrs, residual is not None) if extras or attrs.get("activation") else None
     # The NHWC output is the [N*H*W, Cout] row-major matrix the GEMM writes.
-    gemm(nhwc_rows(x), w_mat.t(), bias, extras, program, block_sizes(k, cout), out=out.permute(0, 2, 3, 1).reshape(-1, cout))
+    # A fused input scale ([N or 1, C, 1, 1], squeeze-excite) is one row of K per image.
+    row_scale = scale.expand(n, k, 1, 1).reshape(n, k) if scale is not None else None
+    rows_out = out.permute(0, 2, 3, 1).reshape(-1, cout)
+    gemm(nhwc_rows(x), w_mat.t(), bias, extras, program, block_sizes(k, cout), out=rows_out, row_scale=row_scale)
     return out
 
 
@@ -59,11 +62,14 @@ def _applies(layer, target) -> bool:
 
 
 def conv_1x1_triton(layer, inputs, run):
-    """A `conv` ([x, w, b]) or a `conv_epilogue` ([x, w, b, residual] and an activation)."""
-    x, w_mat, b, *residual = inputs
+    """A `conv` ([x, w, b]) or a `conv_epilogue` ([x, w, b, residual] and an activation), either with a
+    fused input scale as a last input; the scale is applied as the GEMM's prologue."""
+    x, w_mat, b, *rest = inputs
+    scale = rest.pop() if layer.attrs.get("scaled_input") else None
     require_low_precision(x, "triton_gemm_1x1")
-    return gemm_1x1(x, w_mat, b, residual[0] if residual else None, layer.attrs, arena_output(run, 0))
+    residual = rest[0] if rest else None
+    return gemm_1x1(x, w_mat, b, residual, layer.attrs, arena_output(run, 0), scale=scale)
 
 
 for _kind in ("conv", "conv_epilogue"):
-    tactic(_kind, "triton_gemm_1x1", when=_applies, prepare=weight_as_gemm_1x1)(conv_1x1_triton)
+    tactic(_kind, "triton_gemm_1x1", when=_applies, prepare=weight_as_gemm_1x1, takes=("scaled_input",))(conv_1x1_triton)

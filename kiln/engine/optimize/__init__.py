@@ -18,12 +18,12 @@ class OptimizeContext:
     captured: object  # the CapturedGraph (input specs, for symbol ranges)
 
 
-OPTIMIZE_PASSES: list = []
+_REGISTERED: dict[str, object] = {}
 
 
 def optimize_pass(fn):
-    """Register a Network pass; passes run in the order their modules are imported below."""
-    OPTIMIZE_PASSES.append(fn)
+    """Register a Network pass by its name; PASS_ORDER below says when it runs."""
+    _REGISTERED[fn.__name__] = fn
     return fn
 
 
@@ -34,19 +34,30 @@ def optimize_network(network: Network, block, captured, settings: CompileSetting
     return network
 
 
-# Pass modules, in the order their passes run.
-from kiln.engine.optimize import bind_symbols  # noqa: E402, F401, I001
+# The order the passes run in, by name (each is registered in the module of the same idea):
+# - bind_symbols first: every later pass sees the symbolic dims bound;
+# - precision before the fusions, so fusions see final dtypes and the boundary casts it inserts;
+#   8-bit placement just before it (it decides which layers precision must leave alone);
+# - conv epilogues, then input scales (before pointwise fusion, which would take the multiply),
+#   then pointwise groups, then GEMM epilogues (which absorb those groups);
+# - layout after the fusions (it follows the fused layers to the inputs), views after layout;
+# - 2:4 weight marking last: it reads the fused layers' weights in their final dtype.
+PASS_ORDER = [
+    "bind_symbols",
+    "place_quantization",
+    "assign_precision",
+    "fuse_conv_epilogues",
+    "fuse_input_scale",
+    "fuse_pointwise",
+    "fuse_gemm_epilogues",
+    "assign_channels_last",
+    "mark_views",
+    "mark_2to4_weights",
+]
 
+from kiln.engine.optimize import bind_symbols, fuse_conv, fuse_gemm_epilogue, fuse_input_scale, fuse_pointwise  # noqa: E402, F401, I001
+from kiln.engine.optimize import layout, precision, quantize_placement, sparse_weights, views  # noqa: E402, F401, I001
 
-# Registration order is run order: conv fusion first (fewer layers to assign), then precision (it
-# inserts boundary casts), then pointwise fusion (over final dtypes, casts included), then layout
-# (which follows those casts to the network inputs).
-from kiln.engine.optimize import fuse_conv  # noqa: E402, F401, I001
-from kiln.engine.optimize import quantize_placement  # noqa: E402, F401, I001
-from kiln.engine.optimize import precision  # noqa: E402, F401, I001
-from kiln.engine.optimize import fuse_pointwise  # noqa: E402, F401, I001
-from kiln.engine.optimize import fuse_gemm_epilogue  # noqa: E402, F401, I001
-from kiln.engine.optimize import layout  # noqa: E402, F401, I001
-from kiln.engine.optimize import views  # noqa: E402, F401, I001
-# Last: it reads the fused layers and their weights in the final dtype (sparse_weights=True only).
-from kiln.engine.optimize import sparse_weights  # noqa: E402, F401, I001
+OPTIMIZE_PASSES: list = [_REGISTERED[name] for name in PASS_ORDER]
+if set(_REGISTERED) != set(PASS_ORDER):
+    raise RuntimeError(f"optimize passes registered but not ordered, or ordered but not registered: {set(_REGISTERED) ^ set(PASS_ORDER)}")

@@ -6,7 +6,7 @@ that layer is the linear's only reader, it becomes the linear's `epilogue` attri
 pointwise program whose input 0 is the GEMM result and whose other inputs are appended to the
 linear's inputs. The linear then takes the reader's place (its own inputs all exist by then).
 
-Only tactics that declare `takes_epilogue` run such a layer (kernels/registry.py): the
+Only tactics that declare they take an epilogue run such a layer (kernels/registry.py): the
 reference (F.linear, then the program through each op's reference), cuBLAS followed by one
 generated in-place pass (aten_addmm), and the Triton GEMM with the program in its epilogue
 (triton_gemm.py). The builder times them, so fusing never forces a slower kernel; it removes

@@ -6,6 +6,7 @@ import torch
 from kiln.engine.ir.network import Layer
 from kiln.engine.kernels import triton_gemm_1x1
 from kiln.engine.kernels.aten_conv import conv_epilogue_reference, weight_as_gemm_1x1
+from kiln.engine.kernels.registry import RunContext
 from tests.helpers import relative_error
 
 pytestmark = pytest.mark.skipif(triton_gemm_1x1.triton is None, reason="Triton is not installed")
@@ -83,3 +84,21 @@ def test_fp32_layers_are_refused():
     x = torch.randn(1, 8, 2, 2)
     with pytest.raises(ValueError, match="FP16/BF16 only"):
         triton_gemm_1x1.conv_1x1_triton(layer, [x, torch.randn(8, 4), None], None)
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_input_scale_prologue_matches_scaling_first(per_image):
+    """A squeeze-excite scale fused into the GEMM's A load gives what x * s then the conv gives."""
+    torch.manual_seed(3)
+    n, cin, cout, hw = 3, 24, 40, 5
+    x = torch.randn(n, cin, hw, hw, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    s = torch.rand(n if per_image else 1, cin, 1, 1, device=DEVICE).half()
+    w = (torch.randn(cout, cin, 1, 1, device=DEVICE) / cin**0.5).half()
+    b = torch.randn(cout, device=DEVICE).half()
+    attrs = {**CONV, "activation": "silu", "residual": False}
+    layer = Layer("conv_epilogue", "c", ["x", "w", "b", None, "s"], ["y"], {**attrs, "scaled_input": True})
+    (w_mat,) = weight_as_gemm_1x1(layer, {"w": w}).values()
+    out = triton_gemm_1x1.conv_1x1_triton(layer, [x, w_mat, b, None, s], RunContext({}))
+    scaled = (x * s).float()  # the multiply in FP16, as the unfused layer rounds it
+    ref = conv_epilogue_reference(Layer("conv_epilogue", "c", [], [], attrs), [scaled, w.float(), b.float(), None], None)
+    assert relative_error(out.float(), ref) < 2e-3
