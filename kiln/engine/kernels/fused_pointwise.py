@@ -54,6 +54,16 @@ def fused_pointwise_triton(layer, inputs, run):
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 
+def write_over(program: Program, y: torch.Tensor, extras: list, run) -> torch.Tensor:
+    """program(y, *extras) written over y, the caller's own fresh output: one generated pass on the GPU
+    (the epilogue a library conv or GEMM could not fuse), the ops' references elsewhere."""
+    if triton is None or not y.is_cuda:
+        (out,) = evaluate(program, [y, *extras], run)
+        return out.to(y.dtype)
+    (out,) = run_generated(program, [y, *extras], [y.dtype], [y])
+    return out
+
+
 def run_generated(program: Program, inputs: list[torch.Tensor], out_dtypes: list[torch.dtype], planned: list) -> list[torch.Tensor]:
     """Launch the program's generated kernel; outputs go to `planned` buffers where they fit, else fresh ones."""
     shape = torch.broadcast_shapes(*(x.shape for x in inputs))

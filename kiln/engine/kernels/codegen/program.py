@@ -94,13 +94,6 @@ def emit(
     return lines, [names[i] for i in program.outputs]
 
 
-def output_is_bool(program: Program, input_is_bool: Sequence[bool]) -> list[bool]:
-    bools = list(input_is_bool)
-    for op in program.ops:
-        bools.append(_op_text(op, ["x"] * len(op["args"]), [bools[i] for i in op["args"]])[1])
-    return [bools[i] for i in program.outputs]
-
-
 def _op_text(op: dict, args: list[str], arg_bools: list[bool]) -> tuple[str, bool]:
     kind, a = op["kind"], op["attrs"]
     if kind == "unary":
