@@ -14,7 +14,7 @@ import torch
 
 from kiln.engine.ir.network import Layer, Network
 from kiln.quantize.placement import QUANTIZED_KINDS, QuantSpec, quantize_network
-from kiln.quantize.reference_run import constants_on, relative_error, run_network
+from kiln.quantize.reference_run import constants_on, floats_as, relative_error, run_network
 
 
 def clone_network(network: Network) -> Network:
@@ -42,15 +42,16 @@ class AccuracyGuard:
     def __init__(self, network: Network, spec: QuantSpec, batches: list[list[torch.Tensor]], float_dtype: torch.dtype):
         self.network = network
         self.spec = spec
-        self.batches = batches
+        # The yardstick is FP32 whatever the model's dtype: a half model's weights and inputs are widened here.
+        self.batches = [floats_as(b, torch.float32) for b in batches]
         self.float_dtype = float_dtype
         device = batches[0][0].device if batches and batches[0] else torch.device("cpu")
         self.device = device
-        self.reference = [run_network(network, b, constants_on(network, device)) for b in batches]
+        self.reference = [run_network(network, b, constants_on(network, device, torch.float32)) for b in self.batches]
 
     def error(self, keep: dict[str, str]) -> tuple[float, Network]:
         quantized = quantize_network(clone_network(self.network), self.spec, keep, torch.float32)
-        constants = constants_on(quantized, self.device)
+        constants = constants_on(quantized, self.device, torch.float32)
         outputs = [run_network(quantized, b, constants) for b in self.batches]
         return relative_error(outputs, self.reference), quantized
 

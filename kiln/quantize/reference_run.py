@@ -44,8 +44,19 @@ def run_network(network: Network, inputs: list[torch.Tensor], constants: dict[st
     return [values[n] for n in network.outputs]
 
 
-def constants_on(network: Network, device: torch.device) -> dict[str, torch.Tensor]:
-    return {name: value.to(device) for name, value in network.constants.items()}
+def constants_on(network: Network, device: torch.device, float_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The network's constants on `device`; with `float_dtype`, its floating-point ones in that dtype too."""
+
+    def moved(value: torch.Tensor) -> torch.Tensor:
+        if float_dtype is not None and value.is_floating_point():
+            return value.to(device, float_dtype)
+        return value.to(device)
+
+    return {name: moved(value) for name, value in network.constants.items()}
+
+
+def floats_as(batch: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    return [t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in batch]
 
 
 def relative_error(outputs: list[list[torch.Tensor]], references: list[list[torch.Tensor]]) -> float:

@@ -105,7 +105,9 @@ def test_out_of_memory_while_building_is_a_clear_error_and_frees_everything(what
     assert re.search(f"out of GPU memory on cuda:\\d while .*{expected}", message), message
     assert "smaller max_shape" in message and "max_cuda_graphs" in message
     gc.collect()  # the frames of kiln.compile, which the exception held, hold the network's constants
-    assert torch.cuda.memory_allocated() == baseline
+    # Nothing the build made is left. The count may end below the baseline (by 0.2-2 MB on the H100): a
+    # library workspace allocated before the baseline is given back by the error path's free_build_memory.
+    assert torch.cuda.memory_allocated() <= baseline
 
 
 def _cnn_file(**compile_kwargs):

@@ -97,3 +97,19 @@ def test_fp8_needs_compute_capability_8_9_on_cuda(monkeypatch):
     with pytest.raises(kiln.KilnError, match=r"compute capability 8.0; FP8 needs 8.9"):
         CompileSettings(enabled_precisions=frozenset({torch.float8_e4m3fn}), device=torch.device("cuda", 0))
     CompileSettings(enabled_precisions=frozenset({torch.float8_e4m3fn}))  # the CPU simulates FP8
+
+
+def test_guard_of_a_half_model_measures_against_fp32():
+    # The GPU benchmark's models are .half(): the guard once ran their FP16 weights on FP32 activations and failed.
+    model = OneHarmfulLayer().eval().half()
+    calibrator = kiln.ptq.DataLoaderCalibrator([x.half() for x in _data()], algo="minmax", progress=False)
+    precisions = {torch.int8, torch.half}
+    compiled = kiln.compile(
+        model, [_data()[0].half()], enabled_precisions=precisions, calibrator=calibrator, int8_error_budget=0.05, min_block_size=1
+    )
+    record = compiled.report.quantization["_engine_block_0"]
+    rows = {r[0]: r for r in record["rows"]}
+    assert rows["linear"][2].startswith("kept") and rows["linear_1"][2] == "int8"
+    x = _data(4)[3]
+    with torch.no_grad():
+        assert _rel(compiled(x.half()).float(), OneHarmfulLayer().eval()(x)) < 0.06
