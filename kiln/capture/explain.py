@@ -39,9 +39,10 @@ _KNOWN_CAUSES = [
     (
         "alias annotation",
         "forward() calls an operator whose output aliases its input and which has no functional form in torch.export "
-        "(e.g. torch.ops.prims.broadcast_in_dim, or a custom op declared with Tensor(a) -> Tensor(a)).",
-        "What to do: call the aten form instead (x.unsqueeze(...).expand(shape) for broadcast_in_dim), or register the "
-        "custom op with a functional (non-aliasing) output.",
+        "(a custom op declared with Tensor(a) -> Tensor(a), or a torch.ops.prims view Kiln does not rewrite; "
+        "kiln/capture/aliasing_prims.py lists those it does).",
+        "What to do: call the aten view op instead (view, expand, permute, ...), or register the custom op with a "
+        "functional (non-aliasing) output.",
     ),
 ]
 

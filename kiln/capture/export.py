@@ -8,6 +8,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch.export.graph_signature import InputKind, OutputKind
 
+from kiln.capture.aliasing_prims import rewrite_aliasing_prims
 from kiln.capture.decompositions import decomposition_table
 from kiln.capture.dynamic import (
     capture_example,
@@ -61,6 +62,7 @@ def capture(
     dynamic_shapes = dynamic_shapes_for(specs, flat_spec, varargs_at(module))
     try:
         program = torch.export.export(module, tuple(args), kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+        rewrite_aliasing_prims(program)  # functionalization in run_decompositions refuses them
         program = program.run_decompositions(decomposition_table())
     except Exception as exc:  # torch raises many kinds; all mean "could not capture"
         raise capture_error(module, exc) from exc
