@@ -68,6 +68,10 @@ class SizeVariants(torch.nn.Module):
         return self.variants[-1]
 
     @property
+    def device(self) -> torch.device:
+        return self.main.device
+
+    @property
     def report(self):
         return self.main.report
 

@@ -4,6 +4,10 @@ The manifest (JSON) holds the top-level FX graph, the engine plans, the input sp
 the pytree in/out specs, the partition report and what the file was built with (device,
 GPU, versions: compat.py); the weights of every plan and every fallback constant go in one
 safetensors blob. container.py frames and checksums them.
+
+A SizeVariants (one engine per small size of a range from 1, and one for the rest) is one file
+too: its manifest lists each variant's manifest under "size_variants", in call order, and the
+one blob holds every variant's weights under "variant/<i>/".
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ from kiln.report.partition_report import PartitionReport
 from kiln.serialize import compat, container
 from kiln.serialize.graph_json import graph_from_json, graph_to_json
 from kiln.serialize.weights import pack_weights, unpack_weights
+from kiln.size_variants import SizeVariants
 
 _ENGINE_KEY = "engine/{block}/{name}"
 _CONST_KEY = "const/{name}"
+_VARIANT_KEY = "variant/{index}/{key}"
 
 
-def save(compiled: CompiledModule, path: str | os.PathLike) -> None:
+def save(compiled: CompiledModule | SizeVariants, path: str | os.PathLike) -> None:
     """Write `compiled` to `path` as one .kiln file (replaced atomically, so a crash never leaves half a file)."""
-    if not isinstance(compiled, CompiledModule):
+    if not isinstance(compiled, (CompiledModule, SizeVariants)):
         raise KilnError(f"kiln.save expects the CompiledModule that kiln.compile returned, got {type(compiled).__name__}.")
     data = to_bytes(compiled)
     path = os.fspath(path)
@@ -48,7 +54,9 @@ def save(compiled: CompiledModule, path: str | os.PathLike) -> None:
         raise
 
 
-def load(path: str | os.PathLike, device: torch.device | str | None = None, retime: bool = False) -> CompiledModule:
+def load(
+    path: str | os.PathLike, device: torch.device | str | None = None, retime: bool = False
+) -> CompiledModule | SizeVariants:
     """Read a .kiln file onto `device` (default: the device it was compiled for).
 
     On another device type or GPU model than the build's, tactics that cannot run there are
@@ -60,7 +68,31 @@ def load(path: str | os.PathLike, device: torch.device | str | None = None, reti
     return from_bytes(data, source=path, device=device, retime=retime)
 
 
-def to_bytes(compiled: CompiledModule) -> bytes:
+def to_bytes(compiled: CompiledModule | SizeVariants) -> bytes:
+    if isinstance(compiled, SizeVariants):
+        return _size_variants_to_bytes(compiled)
+    manifest, tensors = _module_manifest(compiled)
+    weights, manifest["weight_orders"] = pack_weights(tensors)
+    return container.pack(manifest, weights)
+
+
+def _size_variants_to_bytes(compiled: SizeVariants) -> bytes:
+    parts, tensors = [], {}
+    for index, variant in enumerate(compiled.variants):
+        if not isinstance(variant, CompiledModule):
+            raise KilnError(f"cannot save: size variant {index} is a {type(variant).__name__}, not a CompiledModule.")
+        manifest, own = _module_manifest(variant)
+        parts.append(manifest)
+        tensors.update({_VARIANT_KEY.format(index=index, key=key): value for key, value in own.items()})
+    main = compiled.main
+    # The file-level facts (versions, build device) are the main engine's: load checks and fits by them once.
+    manifest = {key: parts[-1][key] for key in ("kiln_version", "torch_version", "built_on")}
+    manifest.update(device=str(main.device), size_variants=parts)
+    weights, manifest["weight_orders"] = pack_weights(tensors)
+    return container.pack(manifest, weights)
+
+
+def _module_manifest(compiled: CompiledModule) -> tuple[dict, dict[str, torch.Tensor]]:
     gm = compiled.graph_module
     engines = compiled.engine_blocks
     tensors: dict[str, torch.Tensor] = {}
@@ -85,16 +117,15 @@ def to_bytes(compiled: CompiledModule) -> bytes:
         "out_spec": _dump_spec(compiled.out_spec, "outputs"),
         "report": compiled.report.to_json(),
     }
-    weights, manifest["weight_orders"] = pack_weights(tensors)
-    return container.pack(manifest, weights)
+    return manifest, tensors
 
 
 def from_bytes(
     data: bytes, source: str = "<bytes>", device: torch.device | str | None = None, retime: bool = False
-) -> CompiledModule:
+) -> CompiledModule | SizeVariants:
     contents = container.unpack(data, source)
     try:
-        return _rebuild(contents.manifest, contents.weights, device, retime, source)
+        return _rebuild_file(contents.manifest, contents.weights, device, retime, source)
     except IncompatibleFileError as exc:
         raise IncompatibleFileError(f"{source} cannot be loaded: {exc}") from None
     except CorruptFileError as exc:
@@ -106,11 +137,28 @@ def from_bytes(
         ) from None
 
 
-def _rebuild(manifest: dict, blob: bytes, device, retime: bool, source: str) -> CompiledModule:
+def _rebuild_file(manifest: dict, blob: bytes, device, retime: bool, source: str) -> CompiledModule | SizeVariants:
     compat.check_versions(manifest)
     target = _target_device(manifest["device"], device)
     weights = unpack_weights(blob, manifest["weight_orders"], target)
     fitter = compat.Fitter(manifest, target, retime, source)
+    if "size_variants" in manifest:
+        parts = manifest["size_variants"]
+        if not isinstance(parts, list) or not parts:
+            raise CorruptFileError("its manifest lists no size variants")
+        variants = []
+        for index, part in enumerate(parts):
+            prefix = _VARIANT_KEY.format(index=index, key="")
+            own = {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
+            variants.append(_rebuild(part, own, target, fitter))
+        module = SizeVariants(variants)
+    else:
+        module = _rebuild(manifest, weights, target, fitter)
+    fitter.warn()
+    return module
+
+
+def _rebuild(manifest: dict, weights: dict[str, torch.Tensor], target: torch.device, fitter: compat.Fitter) -> CompiledModule:
     root = torch.nn.Module()
     for block, plan_json in manifest["engines"].items():
         compat.check_plan_format(plan_json, block, manifest)
@@ -118,7 +166,6 @@ def _rebuild(manifest: dict, blob: bytes, device, retime: bool, source: str) -> 
         plan_weights = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
         plan = fitter.fit(Plan.from_json(plan_json, plan_weights), block)
         root.add_module(block, EngineModule(plan, block))
-    fitter.warn()
     constants = set(manifest["constants"])
     for name in constants:
         _set_attr(root, name, weights[_CONST_KEY.format(name=name)])
