@@ -41,9 +41,11 @@ import torch.nn.functional as F
 
 from kiln.engine.ir.dtypes import dtype_from_name
 from kiln.engine.ir.network import Layer
+from kiln.engine.kernels.aten_matmul import finish_epilogue
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import finish_in_place
 from kiln.engine.optimize.sparse_weights import AS_MATRIX, FROM_MATRIX, SPARSE_ATTR
+from kiln.sparsity import cslt_search
 from kiln.sparsity.packed import compressed_segment, pack_2to4, unpack_dense
 
 NAME = "cusparselt_2to4"
@@ -126,34 +128,27 @@ def mm_keywords(alg_id: int) -> dict:
     return keywords
 
 
-def _search(compressed: torch.Tensor, rows_t: torch.Tensor, bias) -> int:
-    """The algorithm id cuSPARSELt's own search picks for this GEMM (it times the candidates, with host syncs).
+def _choice(info: dict, rows: torch.Tensor, bias) -> tuple[int, bool]:
+    """(alg_id, bias fused) for this layer: chosen once, at the first (build-time, eager) call, kept in the attrs.
 
-    torch._C._cusparselt.mm_search where this torch has it (torch._cslt_sparse_mm_search warns that
-    it is deprecated); both run the same search. Only the algorithm is kept: the split-K setting
-    the newer search also returns is one more release-dependent argument; the algorithm id alone,
-    with the default split_k=1, is what torch._cslt_sparse_mm_search hands out and what PyTorch's own
-    SparseSemiStructuredTensorCUSPARSELT runs with."""
-    search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
-    if search is not None:
-        try:
-            # pybind positional arguments: compressed_A, dense_B, bias, alpha, out_dtype, transpose_result.
-            return int(search(compressed, rows_t, bias, None, None, True)[0])
-        except TypeError:
-            pass  # a binding with other arguments than the ones above: the aten op below has a schema
-    return int(torch._cslt_sparse_mm_search(compressed, rows_t, bias, transpose_result=True))
-
-
-def _alg_id(info: dict, compressed: torch.Tensor, rows_t: torch.Tensor, bias) -> int:
-    alg = info.get("alg_id")
-    if alg is None:
+    The choice is made in a child process (kiln/sparsity/cslt_search.py): cuSPARSELt's search
+    can fail in ways that poison this process's CUDA context (FP16 with a bias and a transposed
+    result, cuSPARSELt 0.8.0 on the H100), so it only ever runs here what ran right there."""
+    if "alg_id" not in info:
         if torch.cuda.is_current_stream_capturing():
-            return 0  # the search times kernels with host syncs: never inside a capture
+            return 0, True  # no search inside a capture; a built plan always has its choice by then
         with _search_lock:
             if "alg_id" not in info:
-                info["alg_id"] = _search(compressed, rows_t, bias)
-        alg = info["alg_id"]
-    return alg
+                device = rows.device
+                if device.type == "cuda" and device.index is None:
+                    device = torch.device("cuda", torch.cuda.current_device())
+                problem = {"rows": info["rows"], "cols": info["cols"], "m": rows.shape[0], "dtype": info["dtype"]}
+                answer = cslt_search.choose({**problem, "bias": bias is not None, "device": str(device)})
+                info["fused_bias"] = answer["fused_bias"]
+                info["cslt_choice"] = answer["attempt"]
+                info["alg_id"] = answer["alg_id"]  # last: its presence means the choice is complete
+    # Plans saved before the bias could be added after had it fused.
+    return info["alg_id"], info.get("fused_bias", True)
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
@@ -183,8 +178,10 @@ def sparse_rows_matmul(layer, rows: torch.Tensor, packed: torch.Tensor, bias) ->
     # [K, M] with strides [1, K]: cuSPARSELt reads it as the row-major [M, K] transposed, no copy.
     rows_t = rows.t()
     bias = _aligned(bias.contiguous()) if bias is not None else None
-    alg_id = _alg_id(info, compressed, rows_t, bias)
-    out = torch._cslt_sparse_mm(compressed, rows_t, bias=bias, **mm_keywords(alg_id))
+    alg_id, fused_bias = _choice(info, rows, bias)
+    out = torch._cslt_sparse_mm(compressed, rows_t, bias=bias if fused_bias else None, **mm_keywords(alg_id))
+    if bias is not None and not fused_bias:
+        out.add_(bias)  # [M, N] contiguous: one pass; a fused epilogue, if any, follows as another
     return out[:m] if pad else out
 
 
@@ -195,9 +192,11 @@ def gemm_layer_fns(rows_matmul: RowsMatmul) -> dict[str, Callable]:
     """The tactic function of each layer kind, given `rows_matmul(layer, rows [M, K], packed, bias) -> [M, N]`."""
 
     def linear(layer, inputs, run):
-        x, packed, b = inputs
+        x, packed, b, *extras = inputs
         rows = x.reshape(-1, x.shape[-1])
-        return rows_matmul(layer, rows, packed, b).view(*x.shape[:-1], -1)
+        # A fused epilogue (optimize/fuse_gemm_epilogue.py: a transformer's GELU, a residual add) follows
+        # as one generated in-place pass, as after cuBLAS: without it, no FFN linear could go sparse.
+        return finish_epilogue(layer, rows_matmul(layer, rows, packed, b).view(*x.shape[:-1], -1), extras, run)
 
     def matmul(layer, inputs, run):
         a, packed, bias = inputs
@@ -234,7 +233,8 @@ def gemm_layer_fns(rows_matmul: RowsMatmul) -> dict[str, Callable]:
 def register_2to4_tactics(name: str, rows_matmul: RowsMatmul, when, prepare) -> None:
     """One tactic `name` for every GEMM-like kind the sparse_weights pass marks; all share the packed weight's unprepare."""
     for kind, fn in gemm_layer_fns(rows_matmul).items():
-        tactic(kind, name, when=when, prepare=prepare, unprepare=_unprepare)(fn)
+        takes = ("epilogue",) if kind == "linear" else ()
+        tactic(kind, name, when=when, prepare=prepare, unprepare=_unprepare, takes=takes)(fn)
 
 
 register_2to4_tactics(NAME, sparse_rows_matmul, _offered, _prepare)
