@@ -21,7 +21,7 @@ from kiln.engine.optimize.precision import FLOATS
 # Kinds whose PyTorch kernels keep an NHWC input NHWC (same-shape pointwise, pooling, norms over channels).
 CONVS = frozenset({"conv", "conv_epilogue"})
 POINTWISE = frozenset({"unary", "binary", "cast", "copy", "where", "fused_pointwise"})
-KEEPS_LAYOUT = POINTWISE | {"pool", "max_pool", "avg_pool", "adaptive_avg_pool", "pad"}
+KEEPS_LAYOUT = POINTWISE | {"pool", "max_pool", "avg_pool", "adaptive_avg_pool", "pad", "fused_reduction"}
 
 
 @optimize_pass

@@ -21,7 +21,7 @@ from kiln.engine.optimize import OptimizeContext, optimize_pass
 VIEWABLE = frozenset({"permute", "select", "slice", "reshape"})
 STRIDE_TOLERANT = frozenset(
     {"attention", "linear", "matmul", "binary", "unary", "norm", "softmax", "reduce", "fused_pointwise", "conv", "conv_epilogue"}
-    | {"reshape", "permute", "select", "slice", "cast", "concat"}
+    | {"reshape", "permute", "select", "slice", "cast", "concat", "fused_reduction"}
 )
 
 

@@ -1,0 +1,102 @@
+"""`fused_reduction`: one reduction layer with the element-wise work around it, as one generated kernel.
+
+optimize/fuse_reductions.py makes this layer from a reduction (a group norm, a softmax, a
+mean over spatial dims...) and the pointwise programs next to it:
+- a *prologue*: the program that made the reduction's input (a residual add and layer scale
+  before PoolFormer's GroupNorm, the relative-position bias added before Swin's softmax). Its
+  output 0 is the reduction's input; its other outputs are values the rest of the network
+  still reads (the residual stream itself), written by the same kernel as *handed-out* outputs;
+- the reduction layer itself, kept as its kind and attrs, so its reference runs unchanged;
+- an *epilogue*: the program applied to the reduction's result (input 0) and extra inputs.
+
+Inputs: [*prologue inputs, *the reduction's other inputs (weight, bias...), *epilogue inputs
+after its input 0]. Outputs: [the result, *the prologue's handed-out values].
+
+The reference runs the three parts through their own references, which is by construction
+what the separate layers computed. Generated kernels register a tactic for this kind each in
+its own file (triton_group_norm.py, triton_softmax.py, triton_reduce.py) and declare, with
+`generated_reduction`, which reductions they compute, so the fusion pass only builds layers
+some kernel can run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kiln.engine.ir.dtypes import dtype_from_name
+from kiln.engine.ir.network import Layer
+from kiln.engine.ir.tensor import TensorDesc
+from kiln.engine.kernels.codegen.program import Program, evaluate
+from kiln.engine.kernels.registry import REFERENCE, get_tactic, reference
+
+# The kind carries its own "epilogue" attribute (registry.FUSED_ATTRS): every tactic registered for it computes it.
+TAKES = ("epilogue",)
+# A program that hands its one input through: the prologue or epilogue of a layer that has none.
+IDENTITY = Program(1, (), (0,))
+
+# kind -> predicates(reduction attrs, input desc) saying a generated kernel computes that reduction.
+_GENERATED: dict[str, list[Callable[[dict, TensorDesc], bool]]] = {}
+
+
+def generated_reduction(kind: str):
+    """Declare that a generated kernel computes some reductions of layer kind `kind` (fusion asks `has_generated`)."""
+
+    def register(predicate):
+        _GENERATED.setdefault(kind, []).append(predicate)
+        return predicate
+
+    return register
+
+
+def has_generated(kind: str, attrs: dict, x: TensorDesc) -> bool:
+    return any(p(attrs, x) for p in _GENERATED.get(kind, ()))
+
+
+@dataclass
+class FusedParts:
+    """A fused_reduction layer's inputs split into its three parts (a plain reduction layer has identity programs)."""
+
+    kind: str
+    attrs: dict
+    prologue: Program
+    prologue_inputs: list
+    extras: list
+    epilogue: Program
+    epilogue_inputs: list  # the epilogue's inputs after its input 0, the reduction's result
+    out_dtypes: list[torch.dtype]
+
+
+def split_inputs(layer: Layer, inputs: list) -> FusedParts:
+    a = layer.attrs
+    prologue = Program.from_json(a["prologue"]) if a.get("prologue") else IDENTITY
+    epilogue = Program.from_json(a["epilogue"]) if a.get("epilogue") else IDENTITY
+    p, e = prologue.num_inputs, a["reduction"]["num_extras"]
+    return FusedParts(
+        a["reduction"]["kind"],
+        a["reduction"]["attrs"],
+        prologue,
+        list(inputs[:p]),
+        list(inputs[p : p + e]),
+        epilogue,
+        list(inputs[p + e :]),
+        [dtype_from_name(d) for d in a["out_dtypes"]],
+    )
+
+
+def plain_parts(kind: str, attrs: dict, inputs: list, out_dtype: torch.dtype) -> FusedParts:
+    """A reduction layer that fused nothing, in the form the generated kernels take."""
+    return FusedParts(kind, attrs, IDENTITY, [inputs[0]], list(inputs[1:]), IDENTITY, [], [out_dtype])
+
+
+@reference("fused_reduction", takes=TAKES)
+def fused_reduction_reference(layer, inputs, run):
+    parts = split_inputs(layer, inputs)
+    x, *handed = evaluate(parts.prologue, parts.prologue_inputs, run)
+    reduction = Layer(parts.kind, layer.name, [None] * (1 + len(parts.extras)), [""], parts.attrs)
+    result = get_tactic(parts.kind, REFERENCE).fn(reduction, [x, *parts.extras], run)
+    (result,) = evaluate(parts.epilogue, [result, *parts.epilogue_inputs], run)
+    outs = [v.to(d) if v.dtype != d else v for v, d in zip([result, *handed], parts.out_dtypes)]
+    return outs[0] if len(outs) == 1 else tuple(outs)

@@ -1,0 +1,150 @@
+"""Reduction fusion: a reduction and the element-wise programs next to it become one `fused_reduction` layer.
+
+A reduction qualifies when some generated kernel computes it (kernels/fused_reduction.py's
+`generated_reduction` declarations: group norm, softmax over the last dim, sum/mean/amax...).
+Then, after pointwise fusion has grouped the element-wise layers:
+- prologue: if the reduction's input is made by a `fused_pointwise` layer or one generatable
+  element-wise layer, that program is computed in the reduction kernel. Its values that other
+  layers still read (PoolFormer's residual stream, which feeds its GroupNorm and the next
+  residual add) become extra outputs the kernel writes; none of those readers may come before
+  the fused layer's place;
+- epilogue: if the reduction's result has one reader and that reader is such a layer of the
+  same shape, its program runs on the result before it is stored (as GEMM epilogues do).
+The fused layer takes the place of its last member. The builder still times the generated
+tactic against the reference, which runs the members one by one, so fusing never forces a
+slower kernel.
+"""
+
+from __future__ import annotations
+
+from kiln.engine.ir.dtypes import dtype_name
+from kiln.engine.ir.network import Layer, Network
+from kiln.engine.kernels.codegen.program import Program
+from kiln.engine.kernels.fused_reduction import has_generated
+from kiln.engine.optimize import OptimizeContext, optimize_pass
+from kiln.engine.optimize.fuse_gemm_epilogue import _with_first
+from kiln.engine.optimize.fuse_pointwise import _fusable, group_program
+
+# More inputs than this makes a kernel with too many pointer arguments to stay cheap to launch.
+MAX_INPUTS = 12
+
+
+@optimize_pass
+def fuse_reductions(network: Network, ctx: OptimizeContext) -> Network:
+    if ctx.settings.device.type != "cuda":
+        return network
+    return fuse_reduction_layers(network)
+
+
+def fuse_reduction_layers(network: Network) -> Network:
+    """The pass itself, device-independent (tests run it on CPU-built networks)."""
+    for name in [layer.name for layer in network.layers]:
+        layer = next((m for m in network.layers if m.name == name), None)
+        if layer is None or len(layer.outputs) != 1 or layer.inputs[0] is None:
+            continue
+        if not has_generated(layer.kind, layer.attrs, network.tensors[layer.inputs[0]]):
+            continue
+        fused, gone = _fuse(network, layer)
+        if fused is not None:
+            place = max(i for i, m in enumerate(network.layers) if m.name in gone)
+            kept = [m for i, m in enumerate(network.layers) if m.name not in gone or i == place]
+            network.layers = [fused if m.name == network.layers[place].name else m for m in kept]
+    return network
+
+
+def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
+    producer = network.producer()
+    readers = network.consumers()
+    position = {m.name: i for i, m in enumerate(network.layers)}
+    epilogue_layer = _epilogue_layer(network, reduction, readers)
+    place = position[(epilogue_layer or reduction).name]
+    prologue_layer = _prologue_layer(network, reduction, producer, readers, position, place)
+    if prologue_layer is None and epilogue_layer is None:
+        return None, set()
+
+    x = reduction.inputs[0]
+    extras = list(reduction.inputs[1:])
+    handed: list[str] = []
+    if prologue_layer is not None:
+        pro_inputs, pro_program, made = _prologue_program(network, prologue_layer)
+        members = {reduction.name} | ({epilogue_layer.name} if epilogue_layer else set())
+        handed = [o for o in made if o in network.outputs or any(r.name not in members for r in readers.get(o, []))]
+        number = dict(zip(made, pro_program.outputs))
+        pro_program = Program(pro_program.num_inputs, pro_program.ops, (number[x], *(number[o] for o in handed)))
+    else:
+        pro_inputs, pro_program = [x], None
+    result = reduction.outputs[0]
+    if epilogue_layer is not None:
+        epi_inputs, epi_program = _epilogue_program(network, epilogue_layer, result)
+        if prologue_layer is not None and set(epi_inputs) & set(prologue_layer.outputs):
+            return None, set()  # the kernel would read a value it is itself writing
+        result = epilogue_layer.outputs[0]
+    else:
+        epi_inputs, epi_program = [result], None
+    inputs = [*pro_inputs, *extras, *epi_inputs[1:]]
+    if len([n for n in inputs if n is not None]) > MAX_INPUTS:
+        return None, set()
+    outputs = [result, *handed]
+    members = [m for m in (prologue_layer, reduction, epilogue_layer) if m is not None]
+    attrs = {
+        "reduction": {"kind": reduction.kind, "attrs": dict(reduction.attrs), "num_extras": len(extras)},
+        "prologue": pro_program.to_json() if pro_program else None,
+        "epilogue": epi_program.to_json() if epi_program else None,
+        "out_dtypes": [dtype_name(network.tensors[o].dtype) for o in outputs],
+        "fused_ops": [op for m in members for op in _ops(m)],
+    }
+    source = " + ".join(m.source for m in members if m.source)
+    fused = Layer("fused_reduction", reduction.name, inputs, outputs, attrs, reduction.precision, source)
+    return fused, {m.name for m in members}
+
+
+def _pointwise(layer: Layer, network: Network) -> bool:
+    return layer.kind == "fused_pointwise" or _fusable(layer, network)
+
+
+def _prologue_layer(network, reduction, producer, readers, position, place) -> Layer | None:
+    made_by = producer.get(reduction.inputs[0])
+    if made_by is None or not _pointwise(made_by, network):
+        return None
+    # Every value the prologue hands out is written by the fused layer, at its place.
+    for out in made_by.outputs:
+        if any(position[r.name] < place and r.name != reduction.name for r in readers.get(out, [])):
+            return None
+    # A reduction's extra input (a norm's weight) made by the prologue itself would be needed before it exists.
+    if any(n in made_by.outputs for n in reduction.inputs[1:] if n is not None):
+        return None
+    return made_by
+
+
+def _epilogue_layer(network, reduction, readers) -> Layer | None:
+    out = reduction.outputs[0]
+    users = readers.get(out, [])
+    if out in network.outputs or len(users) != 1 or not _pointwise(users[0], network) or len(users[0].outputs) != 1:
+        return None
+    reader = users[0]
+    result = network.tensors[reader.outputs[0]]
+    if list(result.shape) != list(network.tensors[out].shape) or reader.inputs.count(out) != 1:
+        return None
+    return reader
+
+
+def _prologue_program(network: Network, layer: Layer) -> tuple[list[str], Program, list[str]]:
+    """The producing layer's inputs, its program with every output it makes, and those outputs' names."""
+    if layer.kind == "fused_pointwise":
+        return list(layer.inputs), Program.from_json(layer.attrs["program"]), list(layer.outputs)
+    inputs, program = group_program(network, [layer])
+    # group_program lists only outputs read outside the group; a lone layer's one output is always one.
+    return inputs, Program(program.num_inputs, program.ops, (program.num_inputs,)), list(layer.outputs)
+
+
+def _epilogue_program(network: Network, layer: Layer, first: str) -> tuple[list[str], Program]:
+    if layer.kind == "fused_pointwise":
+        return _with_first(Program.from_json(layer.attrs["program"]), list(layer.inputs), first)
+    inputs, program = group_program(network, [layer], first_input=first)
+    return inputs, Program(program.num_inputs, program.ops, (program.num_inputs,))
+
+
+def _ops(layer: Layer) -> list[str]:
+    if layer.kind == "fused_pointwise":
+        return list(layer.attrs.get("fused_ops", []))
+    return [f"{layer.kind}:{layer.attrs.get('op', layer.attrs.get('type', layer.attrs.get('dtype', '')))}"]
