@@ -55,7 +55,9 @@ def _check_tactic(layer, inputs, dtype):
     ref = get_tactic(layer.kind, REFERENCE).fn(layer, inputs, run).float()
     args = [inputs[0], packed, *inputs[2:]]
     out = sparse.fn(layer, args, run)
-    assert "alg_id" in info  # searched at the first (eager) call, kept in the attrs a plan saves
+    # Chosen at the first (eager) call, in a child process (kiln/sparsity/cslt_search.py), kept in the attrs a plan saves.
+    assert {"alg_id", "fused_bias", "cslt_choice"} <= set(info)
+    torch.cuda.synchronize()  # whatever the child met, this process's CUDA context is sound
     assert out.shape == ref.shape and out.dtype == dtype
     assert relative_error(out.float(), ref) < TOL[dtype]
     return sparse, layer, args, ref
@@ -104,6 +106,30 @@ def test_sparse_linear_matches_dense_at_a_big_gemm_in_and_out_of_a_cuda_graph(dt
 
 def _h(*shape):
     return torch.randn(*shape, device=CUDA, dtype=torch.half)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_bert_ffn_gemm_with_a_bias_gets_a_searched_algorithm_without_harming_the_process(dtype):
+    """FP16 with a bias and a transposed result is the search that failed on the H100 (cuSPARSELt 0.8.0) and poisoned
+    the context: the choice is made in a child process, and this process keeps working whatever happened there."""
+    torch.manual_seed(0)
+    x, b = torch.randn(16384, 1024, device=CUDA, dtype=dtype), torch.randn(4096, device=CUDA, dtype=dtype)
+    sparse, layer, args, ref = _check_tactic(Layer("linear", "l", ["x", "w", "b"], ["y"]), [x, _pruned(4096, 1024, dtype=dtype), b], dtype)
+    info = layer.attrs[SPARSE_ATTR]
+    assert info["cslt_choice"].startswith("searched"), info["cslt_choice"]  # the algorithm choice is kept
+    assert torch.isfinite(x[:64].float() @ x[:64].float().t()).all()  # later CUDA work still runs here
+
+
+def test_sparse_linear_with_a_fused_gelu_and_residual_epilogue_matches_the_reference():
+    from kiln.engine.kernels.codegen.program import Program
+
+    ops = (
+        {"kind": "unary", "op": "gelu", "args": [0], "attrs": {"op": "gelu"}},
+        {"kind": "binary", "op": "add", "args": [2, 1], "attrs": {"op": "add"}},
+    )
+    layer = Layer("linear", "l", ["x", "w", "b", "r"], ["y"], {"epilogue": Program(2, ops, (3,)).to_json()})
+    torch.manual_seed(0)
+    _check_tactic(layer, [_h(8, 500, 1024), _pruned(4096, 1024, dtype=torch.half), _h(4096), _h(8, 500, 4096)], torch.half)
 
 
 def _w(rows, cols, conv=False):
