@@ -4,7 +4,9 @@
         --batches 1,large --out docs/benchmarks/h100
     python -m kiln bench --models resnet50 --batches 1 --modes inductor-ro,kiln
 
-timm models with random weights (pretrained=False), FP16, `torch.inference_mode()`,
+timm models with random weights (pretrained=False), and Hugging Face transformers models built from their
+config classes with random weights (`--hf`, or names like `hf:bert` in --models; benchmarks/hf_models.py
+lists them: text at 128 tokens, 'large' = 32 sequences), FP16, `torch.inference_mode()`,
 `cudnn.benchmark = True`. Each call is timed alone with CUDA events after a synchronisation
 (latency, host work included), after warm-up; median and p90 over --iters calls. Build time
 is construction plus the first three calls (torch.compile compiles and records its CUDA graphs
@@ -16,6 +18,8 @@ Modes: eager = the FP16 model as is; ts = torch.jit.optimize_for_inference(torch
 inductor-ro = torch.compile(m, mode="reduce-overhead"), channels-last for CNNs; kiln =
 kiln.compile(m, inputs=[x], enabled_precisions={torch.half}); on request kiln-int8 / kiln-fp8 = the same with
 {torch.int8 or torch.float8_e4m3fn, torch.half} and an entropy calibrator over 512 random inputs.
+
+Throughput (samples/s) counts images, sequences or audio clips.
 
 Writes results.json, results.md and results.png (and, with --profile, kiln_profiles.md:
 Kiln's per-layer profile of each case) under --out, and prints each peer's time over Kiln's.
@@ -42,6 +46,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import kiln  # noqa: E402
+from benchmarks import hf_models  # noqa: E402
 from kiln.engine.runtime.profiler import call_times  # noqa: E402
 
 MODELS = ["efficientnet_b0", "resnet50", "vit_base_patch16_224", "convnext_tiny", "swin_tiny_patch4_window7_224"]
@@ -66,8 +71,8 @@ CALIBRATION_IMAGES = 512
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--batches", default="1,large", help="comma list of ints; 'large' = 128 (ViT: 64)")
+    p.add_argument("--models", default=",".join(MODELS), help="comma list of timm names and hf:NAME (Hugging Face) cases")
+    p.add_argument("--batches", default="1,large", help="comma list of ints; 'large' = 128 (ViT, Swin: 64; Hugging Face: 32)")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--iters", type=int, default=200)
@@ -77,7 +82,16 @@ def parse_args(argv):
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--zoo", action="store_true", help="run the ZOO list (default modes inductor-ro,kiln)")
     p.add_argument("--threads", action="store_true", help="also measure Kiln's throughput from 1 thread and from 2 threads on 2 streams")
+    p.add_argument(
+        "--hf", action="store_true",
+        help=f"run the Hugging Face cases {','.join(hf_models.default_names())} (default modes eager,inductor-ro,kiln); "
+        f"also available by name: {','.join(hf_models.PREFIX + n for n in hf_models.HF_CASES if n not in hf_models.DEFAULT)}",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    if args.hf:
+        args.models = ",".join(hf_models.default_names())
+        if args.modes == ",".join(MODES):
+            args.modes = "eager,inductor-ro,kiln"
     if args.zoo:
         args.models = ",".join(ZOO)
         if args.modes == ",".join(MODES):
@@ -94,30 +108,32 @@ def is_cnn(model: torch.nn.Module) -> bool:
 def batches_for(model: str, spec: str) -> list[int]:
     out = []
     for item in spec.split(","):
-        out.append(LARGE_BATCH.get(model, 128) if item.strip() == "large" else int(item))
+        large = LARGE_BATCH.get(model, hf_models.LARGE_BATCH if hf_models.is_hf(model) else 128)
+        out.append(large if item.strip() == "large" else int(item))
     return out
 
 
 def build_mode(mode: str, model_name: str, model: torch.nn.Module, x: torch.Tensor, args):
-    """Return (callable running one inference, info dict)."""
+    """Return (callable running one inference, info dict). `x`: the input, or a tuple of them (Hugging Face models)."""
     cnn = is_cnn(model)
+    xs = x if isinstance(x, tuple) else (x,)
     if mode == "eager":
-        return (lambda: model(x)), {}
+        return (lambda: model(*xs)), {}
     if mode == "ts":
         with torch.no_grad():
-            ts = torch.jit.optimize_for_inference(torch.jit.trace(model, x))
-        return (lambda: ts(x)), {}
+            ts = torch.jit.optimize_for_inference(torch.jit.trace(model, xs))
+        return (lambda: ts(*xs)), {}
     if mode == "inductor-ro":
-        m, xi = model, x
+        m, xi = model, xs
         if cnn:
             m = copy.deepcopy(model).to(memory_format=torch.channels_last)
-            xi = x.contiguous(memory_format=torch.channels_last)
+            xi = (x.contiguous(memory_format=torch.channels_last),)
         compiled = torch.compile(m, mode="reduce-overhead")
-        return (lambda: compiled(xi)), {"channels_last": cnn}
+        return (lambda: compiled(*xi)), {"channels_last": cnn}
     if mode == "kiln":
-        compiled = kiln.compile(model, inputs=[x], enabled_precisions={torch.half}, timing_cache_path=args.timing_cache)
+        compiled = kiln.compile(model, inputs=list(xs), enabled_precisions={torch.half}, timing_cache_path=args.timing_cache)
         info = {"engine": compiled.report.summary()}
-        return (lambda: compiled(x)), {**info, "_compiled": compiled}
+        return (lambda: compiled(*xs)), {**info, "_compiled": compiled}
     if mode in QUANTIZED_MODES:
         generator = torch.Generator(device=x.device).manual_seed(0)
         batches = -(-CALIBRATION_IMAGES // x.shape[0])
@@ -135,14 +151,15 @@ def build_mode(mode: str, model_name: str, model: torch.nn.Module, x: torch.Tens
     raise ValueError(f"unknown mode {mode!r}; choose from {MODES + list(QUANTIZED_MODES)}")
 
 
-def stream_throughput(fn, compiled, x: torch.Tensor, batch: int, calls: int = 400) -> dict:
-    """Images/s of `calls` back-to-back calls from one thread, and split over two threads on two streams."""
+def stream_throughput(fn, compiled, x: torch.Tensor | tuple, batch: int, calls: int = 400) -> dict:
+    """Samples/s of `calls` back-to-back calls from one thread, and split over two threads on two streams."""
+    xs = x if isinstance(x, tuple) else (x,)
     import threading
 
     def run(n, stream):
         with torch.cuda.stream(stream), torch.inference_mode():
             for _ in range(n):
-                compiled(x)
+                compiled(*xs)
 
     streams = [torch.cuda.Stream(), torch.cuda.Stream()]
     for s in streams:  # each stream's execution context is recorded before timing
@@ -169,14 +186,18 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list) -> list[dict]:
-    import timm
+    if hf_models.is_hf(model_name):
+        model, xs = hf_models.build(model_name, batch, "cuda", torch.half)
+        x = xs if len(xs) > 1 else xs[0]
+    else:
+        import timm
 
-    torch.manual_seed(0)
-    model = timm.create_model(model_name, pretrained=False).eval().cuda().half()
+        torch.manual_seed(0)
+        model = timm.create_model(model_name, pretrained=False).eval().cuda().half()
+        x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.half)
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.half)
     with torch.inference_mode():
-        ref = model(x).float()
+        ref = model(*(x if isinstance(x, tuple) else (x,))).float()
     rows = []
     for mode in modes:
         # Leave nothing of the previous mode (torch.compile's CUDA-graph pools included) in the baseline.
@@ -217,7 +238,7 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
             row.update(info)
             if compiled is not None and args.profile:
                 with torch.inference_mode():
-                    prof = kiln.profile(compiled, x)
+                    prof = kiln.profile(compiled, *(x if isinstance(x, tuple) else (x,)))
                 profiles.append((model_name, batch, prof))
             print(
                 f"[{model_name} b{batch}] {mode}: median {row['median_ms']:.3f} ms, p90 {row['p90_ms']:.3f} ms, "
@@ -257,11 +278,19 @@ def environment(smoke: bool = False) -> dict:
         "cudnn": torch.backends.cudnn.version(),
         "triton": triton_version,
         "timm": timm_version,
+        "transformers": _version_of("transformers"),
         "kiln": kiln.__version__,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python3", os.path.relpath(sys.argv[0], ROOT) if sys.argv[0].endswith(".py") else sys.argv[0], *sys.argv[1:]]),
     }
+
+
+def _version_of(package: str) -> str | None:
+    try:
+        return __import__(package).__version__
+    except ImportError:
+        return None
 
 
 def kiln_ratios(rows: list[dict]) -> list[str]:
@@ -284,13 +313,13 @@ def markdown(rows: list[dict], env: dict) -> str:
         "# Kiln vs eager, TorchScript and torch.compile (FP16)",
         "",
         f"- GPU: {env['gpu']}; torch {env['torch']} (CUDA {env['cuda']}, cuDNN {env['cudnn']}), Triton {env['triton']}, "
-        f"timm {env['timm']}, Kiln {env['kiln']}",
+        f"timm {env['timm']}, transformers {env.get('transformers')}, Kiln {env['kiln']}",
         f"- Date: {env['date']}",
         f"- Command: `{env['command']}`",
         "- Latency per call with CUDA events after a synchronisation, after warm-up; `vs kiln` = the mode's median over "
         "Kiln's (above 1: Kiln is faster). Peak MB: most GPU memory the mode allocated beyond the shared FP16 model and input.",
         "",
-        "| model | batch | mode | median ms | p90 ms | img/s | build s | peak MB | held MB | max rel err vs eager | vs kiln |",
+        "| model | batch | mode | median ms | p90 ms | samples/s | build s | peak MB | held MB | max rel err vs eager | vs kiln |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     kiln_ms = {(r["model"], r["batch"]): r["median_ms"] for r in rows if r["mode"] == "kiln" and "median_ms" in r}
@@ -337,7 +366,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
     lines.append(f"- Kiln outputs off eager by more than 5e-2 (max relative error): {len(errors)} of {len(kiln_rows)}")
     threaded = [r for r in kiln_rows if "img_per_s_2streams" in r]
     if threaded:
-        lines += ["", "| model | batch | Kiln img/s, 1 thread | 2 threads on 2 streams | ratio |", "|---|---|---|---|---|"]
+        lines += ["", "| model | batch | Kiln samples/s, 1 thread | 2 threads on 2 streams | ratio |", "|---|---|---|---|---|"]
         for r in threaded:
             ratio = r["img_per_s_2streams"] / r["img_per_s_1thread"]
             lines.append(f"| {r['model']} | {r['batch']} | {r['img_per_s_1thread']:,.0f} | {r['img_per_s_2streams']:,.0f} | {ratio:.2f}x |")
