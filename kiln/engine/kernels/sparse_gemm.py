@@ -12,10 +12,11 @@ shape and dtype: `torch._cslt_sparse_mm` takes the weight's row count from dim 0
 operand. The GEMM is `torch._cslt_sparse_mm(W_c, x^T, bias, transpose_result=True, alg_id)`:
 W [out, in] is the structured operand, x's rows the dense one, and the result comes out as
 [rows, out] with the bias fused. Arguments go by keyword, and only those this torch's schema
-has (`alg_id` and the split-K ones came in later releases). `alg_id` is what cuSPARSELt's
-search picks at the first (build-time, eager) call; it is stored in the layer's attrs, so a
-saved plan keeps it. A residual and the
-activation of a fused conv epilogue are applied in place right after. Eagerly each call costs
+has (`alg_id` and the split-K ones came in later releases). `alg_id` (and whether the bias
+is fused) is chosen at the first (build-time, eager) call in a child process
+(kiln/sparsity/cslt_search.py), because some cuSPARSELt searches poison the CUDA context; it
+is stored in the layer's attrs, so a saved plan keeps it. A residual and the activation of a
+fused conv epilogue, or a linear's fused epilogue, are applied in place right after. Eagerly each call costs
 ~1 ms of host time (cuSPARSELt plan set-up, issue 14); the runtime replays CUDA graphs, where
 only the GPU time remains, and the builder times tactics inside graphs too.
 
