@@ -206,7 +206,8 @@ def build(
     """(the model in eval mode on `device` in `dtype`, its inputs at `batch`); the same weights for the same name."""
     case = case_of(name)
     torch.manual_seed(0)
-    model = case.build(tiny).eval().to(device, dtype)
+    with torch.device(device):  # random init on the GPU: seconds faster per base-size model than on the CPU
+        model = case.build(tiny).eval().to(dtype)
     return model, case.inputs(batch, tiny, torch.device(device), dtype)
 
 
