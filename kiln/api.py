@@ -71,7 +71,17 @@ def compile(
     was_training = module.training and switch_to_eval(module)
     if was_training:
         warnings.warn("kiln.compile: the module is in training mode; compiling it in eval mode (as for inference).", stacklevel=2)
+    module_key = None
     try:
+        if settings.engine_cache and not settings.dryrun:
+            from kiln.engine_cache import load_by_module  # a warm compile: keyed from the module itself, no capture
+
+            module_key, cached = load_by_module(module, arg_inputs, kwarg_inputs, settings)
+            if cached is not None:
+                from kiln.refit import remember_structure
+
+                remember_structure(cached, module, settings)
+                return cached
         with torch.no_grad():
             captured = capture(module, arg_inputs, kwarg_inputs, settings)
     except SmallSizeError as exc:
@@ -89,7 +99,7 @@ def compile(
     finally:
         if was_training:
             module.train()
-    compiled = compile_captured(captured, settings)
+    compiled = compile_captured(captured, settings, module_key=module_key)
     if isinstance(compiled, CompiledModule):
         from kiln.refit import remember_structure  # kiln.refit(compiled, state_dict) maps names through it
 
@@ -97,12 +107,16 @@ def compile(
     return compiled
 
 
-def compile_captured(captured: CapturedGraph, settings: CompileSettings) -> CompiledModule | PartitionReport:
-    """The stages after capture; torch.compile's backend enters here with dynamo's graph."""
+def compile_captured(
+    captured: CapturedGraph, settings: CompileSettings, module_key: str | None = None
+) -> CompiledModule | PartitionReport:
+    """The stages after capture; torch.compile's backend enters here with dynamo's graph.
+
+    `module_key`: the engine cache's key of the module this graph was captured from (kiln/engine_cache.py)."""
     if settings.engine_cache and not settings.dryrun:
         from kiln.engine_cache import compile_with_cache  # loads the engine built before, or builds and stores it
 
-        return compile_with_cache(captured, settings)
+        return compile_with_cache(captured, settings, module_key)
     gm = lower(captured.graph_module)
     parts = partition(gm, settings)
     report = PartitionReport(parts.rows, inputs=[f"{s.name}: {s.describe()}" for s in captured.input_specs])

@@ -50,6 +50,10 @@ class CompileSettings:
     # device and versions loads the engine built before. Directory: cache_dir, else $KILN_CACHE_DIR,
     # else ~/.cache/kiln/engines; least recently used entries go past cache_size_limit bytes.
     engine_cache: bool = False
+    # Look the cache up by a key of the module itself (classes, their source files, attributes, weights)
+    # before capturing, so a warm compile runs no torch.export. False: key by the captured graph only,
+    # for a forward that reads state outside the module (globals set at run time, environment variables).
+    cache_by_module: bool = True
     cache_dir: str | None = None
     cache_size_limit: int = 8 << 30
 

@@ -1,6 +1,14 @@
-"""The engine cache: a second compile of the same thing is loaded, anything different is built; a bad entry is rebuilt."""
+"""The engine cache: a second compile of the same thing is loaded, anything different is built; a bad entry is rebuilt.
 
+A warm compile is looked up by the module key, without torch.export; a changed weight, source file
+or setting misses it.
+"""
+
+import importlib.util
 import os
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import pytest
@@ -47,7 +55,21 @@ def count_builds(monkeypatch):
 
 
 def entries(directory):
-    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    """The engines in the cache (the by-module index beside them is not counted)."""
+    return sorted(n for n in os.listdir(directory) if n.endswith(".kiln")) if os.path.isdir(directory) else []
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    """Makes any torch.export fail: a compile that still works was served by the module key."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.export ran on a warm compile")
+
+    def forbid():
+        monkeypatch.setattr(torch.export, "export", refuse)
+
+    return forbid
 
 
 def test_second_compile_loads_the_cached_engine(cache_dir, count_builds):
@@ -142,3 +164,151 @@ def test_dryrun_and_default_do_not_touch_the_cache(tmp_path, monkeypatch):
     kiln.compile(make_model(), inputs=INPUTS)
     kiln.compile(make_model(), inputs=INPUTS, engine_cache=True, dryrun=True)
     assert entries(tmp_path / "c") == []
+
+
+def test_warm_compile_runs_no_export(cache_dir, count_builds, no_export, monkeypatch):
+    x = torch.randn(2, 3, 8, 8)
+    first = kiln.compile(make_model(), inputs=INPUTS, engine_cache=True, cache_dir=cache_dir)
+    built = len(count_builds)
+    no_export()
+    second = kiln.compile(make_model(), inputs=[kiln.Input((2, 3, 8, 8), name="image")], engine_cache=True, cache_dir=cache_dir)
+    assert len(count_builds) == built
+    assert second.input_specs[0].name == "image"  # the name given, not the one the cached compile recorded
+    with torch.no_grad():
+        assert torch.equal(second(x), first(x))
+    monkeypatch.undo()  # refit captures the new model
+    kiln.refit(second, make_model(seed=3).state_dict())  # a cache hit keeps what refit needs
+    with torch.no_grad():
+        assert_outputs_match(second(x), make_model(seed=3)(x))
+
+
+def test_warm_compile_in_a_fresh_process_runs_no_export(cache_dir):
+    kiln.compile(make_model(), inputs=INPUTS, engine_cache=True, cache_dir=cache_dir)
+    script = textwrap.dedent(
+        f"""
+        import torch, kiln
+        from tests.test_engine_cache import INPUTS, make_model
+        def refuse(*args, **kwargs):
+            raise AssertionError("torch.export ran on a warm compile")
+        torch.export.export = refuse
+        compiled = kiln.compile(make_model(), inputs=INPUTS, engine_cache=True, cache_dir={cache_dir!r})
+        x = torch.randn(2, 3, 8, 8)
+        with torch.no_grad():
+            assert torch.allclose(compiled(x), make_model()(x), rtol=1e-4, atol=1e-5)
+        print("hit")
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 and done.stdout.strip().endswith("hit"), done.stderr[-3000:]
+
+
+def test_one_changed_weight_misses(cache_dir, count_builds):
+    kiln.compile(make_model(), inputs=INPUTS, engine_cache=True, cache_dir=cache_dir)
+    built = len(count_builds)
+    changed = make_model()
+    with torch.no_grad():
+        changed[3].weight[5, 2, 0, 0] += 1e-3
+    compiled = kiln.compile(changed, inputs=INPUTS, engine_cache=True, cache_dir=cache_dir)
+    assert len(count_builds) > built and len(entries(cache_dir)) == 2
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert_outputs_match(compiled(x), changed(x))
+
+
+@pytest.mark.parametrize(
+    "change", [dict(min_block_size=2), dict(enabled_precisions={torch.float16}), dict(torch_executed_ops=["aten.relu"])]
+)
+def test_changed_settings_miss(change, cache_dir, count_builds):
+    kiln.compile(make_model(), inputs=INPUTS, engine_cache=True, cache_dir=cache_dir)
+    built = len(count_builds)
+    compiled = kiln.compile(make_model(), inputs=INPUTS, engine_cache=True, cache_dir=cache_dir, **change)
+    assert len(entries(cache_dir)) == 2  # a second engine: a miss, built and stored
+    assert len(count_builds) > built or not compiled.engine_blocks  # with relu in PyTorch no block is large enough to build
+
+
+MODEL_SOURCE = """
+import torch
+from torch import nn
+import {helper} as helper
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(helper.act({body}).mean(dim=(2, 3)))
+"""
+
+
+def load_net(directory, name: str, body: str, act: str) -> nn.Module:
+    """Net from a source file written now: the same path each time, so only its contents differ."""
+    helper = f"{name}_helper"
+    with open(os.path.join(directory, f"{helper}.py"), "w") as f:
+        f.write(f"import torch\n\n\ndef act(x):\n    return {act}\n")
+    path = os.path.join(directory, "net_source.py")
+    with open(path, "w") as f:
+        f.write(MODEL_SOURCE.format(helper=helper, body=body))
+    sys.path.insert(0, str(directory))
+    try:
+        for module_name, file in ((helper, f"{helper}.py"), (name, "net_source.py")):
+            spec = importlib.util.spec_from_file_location(module_name, os.path.join(directory, file))
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(directory))
+    return sys.modules[name].Net().eval()
+
+
+def test_changed_forward_source_or_helper_file_misses(tmp_path, cache_dir, count_builds):
+    x = torch.randn(2, 3, 8, 8)
+    options = dict(inputs=INPUTS, engine_cache=True, cache_dir=cache_dir, min_block_size=1)
+    kiln.compile(load_net(tmp_path, "net_a", "self.conv(x)", "torch.relu(x)"), **options)
+    built = len(count_builds)
+    kiln.compile(load_net(tmp_path, "net_b", "self.conv(x)", "torch.relu(x)"), **options)
+    assert len(count_builds) == built  # same sources: a hit
+    for i, (body, act) in enumerate([("self.conv(x) * 2", "torch.relu(x)"), ("self.conv(x) * 2", "torch.sigmoid(x)")]):
+        net = load_net(tmp_path, f"net_c{i}", body, act)
+        compiled = kiln.compile(net, **options)
+        assert len(count_builds) > built, f"changed {'forward' if i == 0 else 'helper file'} was served from the cache"
+        built = len(count_builds)
+        with torch.no_grad():
+            assert_outputs_match(compiled(x), net(x))
+
+
+def test_unkeyable_module_is_keyed_by_its_capture(cache_dir, count_builds):
+    from kiln.settings import CompileSettings
+
+    model = make_model()
+    model.register_forward_hook(lambda module, args, out: out * 2)
+    assert engine_cache.module_key(model, INPUTS, {}, CompileSettings()) is None
+    kiln.compile(model, inputs=INPUTS, engine_cache=True, cache_dir=cache_dir)
+    built = len(count_builds)
+    again = kiln.compile(model, inputs=INPUTS, engine_cache=True, cache_dir=cache_dir)
+    assert len(count_builds) == built  # the engine key still finds it
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert_outputs_match(again(x), model(x))
+
+
+def test_module_key_sees_attributes_and_ties():
+    from kiln.settings import CompileSettings
+
+    settings = CompileSettings()
+    key = engine_cache.module_key(make_model(), INPUTS, {}, settings)
+    assert key == engine_cache.module_key(make_model(), [torch.randn(2, 3, 8, 8)], {}, settings)
+    other = make_model()
+    other[0].padding = (2, 2)
+    assert engine_cache.module_key(other, INPUTS, {}, settings) != key
+    other = make_model()
+    other[1].eps = 1e-3
+    assert engine_cache.module_key(other, INPUTS, {}, settings) != key
+    assert engine_cache.module_key(make_model(), INPUTS, {}, CompileSettings(cache_by_module=False)) == key  # not in the key
+    other = make_model()
+    other.extra = object()
+    assert engine_cache.module_key(other, INPUTS, {}, settings) is None
