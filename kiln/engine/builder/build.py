@@ -32,9 +32,11 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 import kiln.engine.kernels  # noqa: F401  (registers every tactic)
 from kiln.engine.builder.memory import plan_arena
+from kiln.engine.builder.precompile import precompile
 from kiln.engine.builder.timing import TimingCache, cudnn_autotune, time_on_gpu
 from kiln.engine.ir.network import Layer, Network
 from kiln.engine.ir.symbol_values import tuning_points
@@ -121,11 +123,15 @@ def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarg
     if target.is_cuda or timer is not None:
         cache = TimingCache(settings.timing_cache_path)
         tuners = []
-        for point in tuning_points(network.symbols):
+        points = tuning_points(network.symbols)
+        for point in points:
             progress.doing = f"making random inputs at shape {dict(point) or 'static'}"
             tuners.append(LayerTuner(network, weights, settings, point, cache, progress, timer or time_on_gpu))
+        if target.is_cuda and rank is None:
+            progress.doing = "compiling the Triton kernels of every candidate"
+            compile_kernels(network, weights, points, target, settings.debug)
         with cudnn_autotune(), torch.no_grad():
-            for i, layer in enumerate(network.layers):
+            for i, layer in enumerate(tqdm(network.layers, desc="kiln: timing tactics", unit="layer", disable=None, leave=False)):
                 candidates = tactics_for(layer, target)
                 if rank is None:
                     tactic, timings = choose_tactic(tuners, i, layer, candidates)
@@ -149,6 +155,18 @@ def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarg
             progress.doing = f"preparing the weights of layer {layer.name} ({layer.kind}) for tactic {ranked[0].name!r}"
             steps.append(Step(weights.apply(layer, ranked[0]), ranked[0].name, timings))
     return steps, weights
+
+
+def compile_kernels(network: Network, weights: PreparedWeights, points: list[dict[str, int]], target: BuildTarget, debug: bool) -> None:
+    """Compile every Triton candidate before timing, in parallel; with a progress bar on a terminal."""
+    started = time.perf_counter()
+    with tqdm(desc="kiln: compiling kernels", unit="kernel", disable=None, leave=False) as bar:
+        for point in points:
+            ran, failed = precompile(network, weights, point, target, lambda desc, run: random_tensor(desc, run, target.device), bar)
+            if debug:
+                print(f"kiln build: {ran} Triton candidates compiled ahead at {point or 'static'} in {time.perf_counter() - started:.1f} s")
+                for layer, tactic, exc in failed:
+                    print(f"kiln build:   {tactic} on {layer} raised {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def rank_reference(layer: Layer, candidates: list[Tactic]) -> tuple[list[Tactic], dict[str, float]]:

@@ -56,6 +56,12 @@ class Tactic:
     # carrying one runs only on tactics that take it.
     takes: frozenset[str] = frozenset()
 
+    @property
+    def compiles_on_first_call(self) -> bool:
+        """A Triton tactic (named triton_*, the registry's convention) JIT-compiles its kernel when first run at a shape
+        class; the builder compiles those for a whole network at once, in parallel (builder/precompile.py)."""
+        return self.name.startswith("triton")
+
 
 _TACTICS: dict[str, dict[str, Tactic]] = {}
 
