@@ -58,5 +58,5 @@ def dtypes_comment(kernel_file: str, dtypes: Sequence[torch.dtype]) -> str:
 
 def expanded_strides(t: torch.Tensor, shape: Sequence[int]) -> list[int]:
     """t's strides once broadcast to `shape` (0 along broadcast dims and along size-1 dims)."""
-    strides = t.expand(*shape).stride()
+    strides = t.expand(list(shape)).stride()
     return [0 if size == 1 else s for size, s in zip(shape, strides)]
