@@ -98,3 +98,109 @@ def test_generated_tactic_against_reference_on_gpu():
     (ref,) = evaluate(program, [x, s], RunContext({}))
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert relative_error(got, ref) < 5e-3
+
+
+class PoolFormerBlock(nn.Module):
+    """PoolFormer's block: GroupNorm(1) over the whole sample, pool - x token mixer, layer scales, residuals."""
+
+    def __init__(self, dim=64, groups=1):
+        super().__init__()
+        self.norm1, self.norm2 = nn.GroupNorm(groups, dim), nn.GroupNorm(groups, dim)
+        self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.fc1, self.fc2 = nn.Conv2d(dim, 4 * dim, 1), nn.Conv2d(4 * dim, dim, 1)
+        self.ls1 = nn.Parameter(torch.rand(dim, 1, 1) + 0.5)
+        self.ls2 = nn.Parameter(torch.rand(dim, 1, 1) + 0.5)
+
+    def forward(self, x):
+        y = self.norm1(x)
+        x = x + self.ls1 * (self.pool(y) - y)
+        x = x + self.ls2 * self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        return self.norm1(x + 1.0).mean((2, 3))
+
+
+class WindowAttention(nn.Module):
+    """Swin's attention inside windows: scaled scores plus a relative-position bias, softmax, then values."""
+
+    def __init__(self, heads=3, tokens=49, dim=32):
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(heads, tokens, tokens))
+        self.heads, self.scale = heads, dim**-0.5
+
+    def forward(self, q, k, v):
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        return torch.softmax(attn + self.bias, dim=-1) @ v
+
+
+def _generated_steps(compiled, kind="fused_reduction"):
+    return [s for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == kind]
+
+
+def _matches_eager(model, inputs, tol=2e-2):
+    model = model.to(CUDA).eval()
+    compiled = kiln.compile(model, inputs, enabled_precisions={torch.half}, min_block_size=1)
+    with torch.no_grad():
+        assert relative_error(compiled(*inputs), model(*inputs)) < tol
+        again = [torch.randn_like(i) for i in inputs]
+        assert relative_error(compiled(*again), model(*again)) < tol
+    return compiled
+
+
+def test_poolformer_block_fuses_group_norms_and_matches_eager():
+    torch.manual_seed(0)
+    for groups, fmt in ((1, torch.channels_last), (4, torch.contiguous_format)):
+        x = torch.randn(2, 64, 28, 28, device=CUDA).contiguous(memory_format=fmt)
+        compiled = _matches_eager(PoolFormerBlock(64, groups), [x])
+        steps = _generated_steps(compiled)
+        assert any(s.layer.attrs["reduction"]["attrs"].get("type") == "group" for s in steps)
+        assert all("reference" in s.timings for s in steps if len(s.timings) > 1)
+
+
+def test_window_attention_fuses_the_bias_into_the_softmax_and_matches_eager():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(16, 3, 49, 32, device=CUDA) for _ in range(3))
+    compiled = _matches_eager(WindowAttention(), [q, k, v])
+    steps = _generated_steps(compiled)
+    assert steps and steps[0].layer.attrs["reduction"]["kind"] == "softmax"
+
+
+def test_generated_reductions_against_their_references_at_model_sizes():
+    """Each generated reduction tactic on the GPU at PoolFormer/Swin/ConvNeXt sizes, against the fused reference."""
+    from kiln.engine.ir.network import Network
+    from kiln.engine.kernels.fused_reduction import fused_reduction_reference
+    from kiln.engine.kernels.registry import RunContext
+    from kiln.engine.kernels.triton_group_norm import fused_group_norm_triton
+    from kiln.engine.kernels.triton_reduce import fused_reduce_triton
+    from kiln.engine.kernels.triton_softmax import fused_softmax_triton
+    from kiln.engine.optimize.fuse_pointwise import fuse_pointwise_groups
+    from kiln.engine.optimize.fuse_reductions import fuse_reduction_layers
+
+    torch.manual_seed(0)
+    cases = [
+        ("norm", {"type": "group", "groups": 1, "eps": 1e-5}, [1, 64, 56, 56], [1, 64, 56, 56], fused_group_norm_triton),
+        ("norm", {"type": "group", "groups": 32, "eps": 1e-5}, [8, 128, 28, 28], [8, 128, 28, 28], fused_group_norm_triton),
+        ("softmax", {"op": "softmax", "dim": 3, "dtype": None}, [64, 3, 49, 49], [64, 3, 49, 49], fused_softmax_triton),
+        ("softmax", {"op": "log_softmax", "dim": 2, "dtype": None}, [4, 16, 4096], [4, 16, 4096], fused_softmax_triton),
+        ("pool", {"op": "adaptive_avg", "output_size": [1, 1]}, [32, 768, 7, 7], [32, 768, 1, 1], fused_reduce_triton),
+        ("reduce", {"op": "mean", "dims": [2], "keepdim": False}, [4, 197, 768], [4, 197], fused_reduce_triton),
+    ]
+    for kind, attrs, shape, out_shape, tactic_fn in cases:
+        net = Network()
+        x = net.add_input("x", shape, torch.float16)
+        r = net.add_input("r", shape, torch.float16)
+        extras = []
+        if kind == "norm":
+            extras = [net.add_constant("w", torch.rand(shape[1]).half() + 0.5), net.add_constant("b", torch.randn(shape[1]).half())]
+            extras += [None, None]
+        (stream,) = net.add_layer("binary", [x, r], [(shape, torch.float16)], {"op": "add"})
+        (out,) = net.add_layer(kind, [stream, *extras], [(out_shape, torch.float16)], attrs)
+        net.outputs.append(out.name)
+        layer = fuse_reduction_layers(fuse_pointwise_groups(net)).layers[0]
+        assert layer.kind == "fused_reduction", kind
+        values = {"x": torch.randn(shape, device=CUDA).half(), "r": torch.randn(shape, device=CUDA).half()}
+        if len(shape) == 4:
+            values = {n: t.contiguous(memory_format=torch.channels_last) for n, t in values.items()}
+        values.update({n: t.to(CUDA) for n, t in net.constants.items()})
+        inputs = [values[n] if n is not None else None for n in layer.inputs]
+        ref = fused_reduction_reference(layer, inputs, RunContext({}))
+        got = tactic_fn(layer, inputs, RunContext({}))
+        assert relative_error(got.float(), ref.float()) < 5e-3, (kind, attrs)

@@ -59,6 +59,11 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
     epilogue_layer = _epilogue_layer(network, reduction, readers)
     place = position[(epilogue_layer or reduction).name]
     prologue_layer = _prologue_layer(network, reduction, producer, readers, position, place)
+    if prologue_layer is not None and epilogue_layer is not None and set(epilogue_layer.inputs) & set(prologue_layer.outputs):
+        # The epilogue reads a value the prologue makes (PoolFormer's GELU output added to the stream
+        # the norm read): the kernel would read what it is writing. Keep the prologue, which saves more.
+        epilogue_layer = None
+        prologue_layer = _prologue_layer(network, reduction, producer, readers, position, position[reduction.name])
     if prologue_layer is None and epilogue_layer is None:
         return None, set()
 
@@ -76,8 +81,6 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
     result = reduction.outputs[0]
     if epilogue_layer is not None:
         epi_inputs, epi_program = _epilogue_program(network, epilogue_layer, result)
-        if prologue_layer is not None and set(epi_inputs) & set(prologue_layer.outputs):
-            return None, set()  # the kernel would read a value it is itself writing
         result = epilogue_layer.outputs[0]
     else:
         epi_inputs, epi_program = [result], None
