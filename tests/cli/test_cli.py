@@ -178,3 +178,24 @@ def test_serve_binds_localhost_unless_told():
     result = run("serve", "--help")
     assert result.exit_code == 0
     assert "127.0.0.1" in result.output
+
+
+
+def test_compile_leaves_stderr_to_the_builders_bars(model_file, tmp_path, monkeypatch):
+    """On a terminal, rich's spinner replaces sys.stderr and would print each redraw of the builder's tqdm bars
+    (tactic timing, kernel compiling) as a new line; the compile step runs with the real stderr instead."""
+    from kiln.cli.app import err
+
+    monkeypatch.setattr(err, "_force_terminal", True)
+    stderr_during_compile = []
+    real_compile = kiln.compile
+
+    def spying_compile(*args, **kwargs):
+        stderr_during_compile.append(type(sys.stderr).__module__)
+        return real_compile(*args, **kwargs)
+
+    monkeypatch.setattr(kiln, "compile", spying_compile)
+    out = tmp_path / "m.kiln"
+    result = run("compile", f"{model_file}:make_model", "--input", "1x3x16x16", "--device", "cpu", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert stderr_during_compile and not stderr_during_compile[0].startswith("rich")

@@ -103,7 +103,7 @@ def compile_command(
         quiet_export_warnings()
         with stage(f"loading {model}"):
             module = load_model(model).to(device)
-        with stage("compiling: capture, lowering, partition, tactic choice"):
+        with stage("compiling: capture, lowering, partition, tactic choice", inner_bars=True):
             compiled = kiln.compile(
                 module,
                 inputs=specs,
