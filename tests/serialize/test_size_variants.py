@@ -86,3 +86,17 @@ def test_a_checksummed_file_with_a_bad_variant_list_is_refused(variants):
         from_bytes(_repacked(data, lambda m: m.update(size_variants=[])), source="v.kiln")
     with pytest.raises(kiln.CorruptFileError, match="manifest is malformed"):
         from_bytes(_repacked(data, lambda m: m["size_variants"][0].pop("graph")), source="v.kiln")
+
+
+def test_kiln_inspect_summarises_every_variant_of_the_file(variants, tmp_path):
+    from typer.testing import CliRunner
+
+    from kiln.cli import app
+    from kiln.cli.commands import inspect_file  # noqa: F401  (registers the command on `app`)
+
+    kiln.save(variants[1], tmp_path / "v.kiln")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "v.kiln"), "--html", str(tmp_path / "v.html")])
+    assert result.exit_code == 0, result.output
+    assert "size variant 0: (1, 4) float32" in result.output and "size variant 1: (2..16, 4) float32" in result.output
+    assert result.output.count("Kiln partition report") == 2
+    assert (tmp_path / "v.html").read_text().startswith("<!DOCTYPE html>")

@@ -24,13 +24,18 @@ def inspect_command(
         if html is not None and not html.parent.exists():
             raise UsageError(f"the directory of --html {html} does not exist.")
         compiled = kiln.load(path, device=device)
-        summary = engine_summary(compiled)
         out.print(f"[bold]{path}[/] ({path.stat().st_size / 1024:.1f} KiB), device {compiled.device}")
-        for line in summary.lines():
-            out.print(line)
-        out.print(compiled.report.table())
+        # A SizeVariants file holds one compiled module per part of the input range: each is summarised.
+        variants = list(getattr(compiled, "variants", [compiled]))
+        for index, variant in enumerate(variants):
+            if len(variants) > 1:
+                out.print(f"[bold]size variant {index}[/]: " + ", ".join(s.describe() for s in variant.input_specs))
+            for line in engine_summary(variant).lines():
+                out.print(line)
+            out.print(variant.report.table())
         if html is not None:
             from kiln.explorer import write_html
 
-            write_html(compiled, html, title=path.name)
-            out.print(f"wrote {html}")
+            main = variants[-1]  # of a SizeVariants, the engine for the range from 2
+            write_html(main, html, title=path.name)
+            out.print(f"wrote {html}" + (" (the main size variant)" if len(variants) > 1 else ""))
