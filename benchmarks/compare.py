@@ -134,6 +134,8 @@ def build_mode(mode: str, model_name: str, model: torch.nn.Module, x: torch.Tens
         compiled = kiln.compile(model, inputs=list(xs), enabled_precisions={torch.half}, timing_cache_path=args.timing_cache)
         info = {"engine": compiled.report.summary()}
         return (lambda: compiled(*xs)), {**info, "_compiled": compiled}
+    if mode in QUANTIZED_MODES and hf_models.is_hf(model_name):
+        raise ValueError(f"{mode} calibrates on random images; it does not take the token ids or audio of {model_name}")
     if mode in QUANTIZED_MODES:
         generator = torch.Generator(device=x.device).manual_seed(0)
         batches = -(-CALIBRATION_IMAGES // x.shape[0])
