@@ -10,7 +10,7 @@ from kiln.engine.kernels.triton_epilogue import triton
 pytestmark = pytest.mark.skipif(triton is None, reason="needs Triton")
 
 if triton is not None:
-    from kiln.engine.kernels.triton_quantized_gemm import qconv_1x1_triton, qlinear_triton, qmatmul_triton, weight_k_by_n
+    from kiln.engine.kernels.triton_quantized_gemm import qconv_1x1_triton, qlinear_triton, qmatmul_triton, weight_n_by_k
 
 RUN = RunContext({})
 SMALL = (16, 16, 32, 4, 1)  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages: several tiles and K steps at these shapes
@@ -44,7 +44,7 @@ def test_qlinear_kernel_matches_reference(extra):
     residual = torch.randn(3, 13, 24) if extra.get("residual") else None
     layer = Layer("qlinear", "q", ["x", "w", "b", "r" if residual is not None else None, "s"], ["y"], _attrs(**extra))
     ref = get_tactic("qlinear", "reference").fn(layer, [x, w, bias, residual, w_scale], RUN)
-    w_kn = weight_k_by_n(layer, {"w": w})["w"]
+    w_kn = weight_n_by_k(layer, {"w": w})["w"]
     out = qlinear_triton(SMALL)(layer, [x, w_kn, bias, residual, w_scale], RUN)
     assert out.dtype == ref.dtype and out.shape == ref.shape
     if ref.dtype == torch.int8:
@@ -75,7 +75,7 @@ def test_qconv_1x1_kernel_writes_nhwc():
     layer = Layer("qconv", "q", ["x", "w", None, "r", "s"], ["y"], _attrs(**conv, residual=True, activation="relu"))
     w_scale = torch.rand(20) * 0.01
     ref = get_tactic("qconv", "reference").fn(layer, [x, w, None, residual, w_scale], RUN)
-    out = qconv_1x1_triton(SMALL)(layer, [x, weight_k_by_n(layer, {"w": w})["w"], None, residual, w_scale], RUN)
+    out = qconv_1x1_triton(SMALL)(layer, [x, weight_n_by_k(layer, {"w": w})["w"], None, residual, w_scale], RUN)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
@@ -89,7 +89,7 @@ def test_qconv_1x1_kernel_writes_nhwc():
     ],
 )
 def test_qconv_implicit_gemm_kernel_matches_reference(conv, extra):
-    from kiln.engine.kernels.triton_quantized_conv import qconv_triton, weight_taps_by_n
+    from kiln.engine.kernels.triton_quantized_conv import qconv_triton, weight_n_by_taps
 
     torch.manual_seed(3)
     x = _int8(2, 8, 7, 6)
@@ -98,7 +98,7 @@ def test_qconv_implicit_gemm_kernel_matches_reference(conv, extra):
     attrs = _attrs(**conv, groups=1, kernel_size=[3, 3], **extra)
     layer = Layer("qconv", "q", ["x", "w", "b", None, "s"], ["y"], attrs)
     ref = get_tactic("qconv", "reference").fn(layer, [x, w, bias, None, w_scale], RUN)
-    out = qconv_triton(SMALL)(layer, [x, weight_taps_by_n(layer, {"w": w})["w"], bias, None, w_scale], RUN)
+    out = qconv_triton(SMALL)(layer, [x, weight_n_by_taps(layer, {"w": w})["w"], bias, None, w_scale], RUN)
     assert out.shape == ref.shape and out.dtype == ref.dtype
     if ref.dtype == torch.int8:
         assert (out.int() - ref.int()).abs().max() <= 1 and (out != ref).float().mean() < 0.01
@@ -147,7 +147,7 @@ def test_qconv_depthwise_kernel_matches_reference(conv, extra):
 
 
 def test_qconv_kernel_wide_input_loops_over_taps():
-    from kiln.engine.kernels.triton_quantized_conv import qconv_triton, weight_taps_by_n
+    from kiln.engine.kernels.triton_quantized_conv import qconv_triton, weight_n_by_taps
 
     torch.manual_seed(6)
     x = _int8(1, 40, 6, 5)  # 40 channels >= BLOCK_K / 2: taps outside, two channel blocks inside (one partial)
@@ -156,5 +156,5 @@ def test_qconv_kernel_wide_input_loops_over_taps():
     conv = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1, "kernel_size": [3, 3]}
     layer = Layer("qconv", "q", ["x", "w", None, None, "s"], ["y"], _attrs(**conv, x_zero_point=11))
     ref = get_tactic("qconv", "reference").fn(layer, [x, w, None, None, w_scale], RUN)
-    out = qconv_triton(SMALL)(layer, [x, weight_taps_by_n(layer, {"w": w})["w"], None, None, w_scale], RUN)
+    out = qconv_triton(SMALL)(layer, [x, weight_n_by_taps(layer, {"w": w})["w"], None, None, w_scale], RUN)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kiln
-from kiln.engine.ir.network import Layer
+from kiln.engine.ir.network import Layer, Network
 from kiln.engine.kernels.registry import get_tactic
 from kiln.engine.kernels.triton_epilogue import triton
 from kiln.engine.plan import Step
@@ -43,12 +43,12 @@ def gpu_choice(layer: Layer) -> str | None:
     if layer.kind == "quantize":
         return "triton_quantize"
     if layer.kind in ("qlinear", "qmatmul"):
-        return "triton_int8_gemm_64x64x64"
+        return "triton_int8_gemm_kmajor_64x64x64"
     if layer.kind == "qconv":
         if a["depthwise"]:
             return "triton_int8_depthwise_16x256"
         pointwise = a["kernel_size"] == [1, 1] and a["stride"] == [1, 1] and a["padding"] == [0, 0] and a["groups"] == 1
-        return "triton_int8_gemm_64x64x64" if pointwise else "triton_int8_conv_64x64x64" if a["groups"] == 1 else None
+        return "triton_int8_gemm_kmajor_64x64x64" if pointwise else "triton_int8_conv_kmajor_64x64x64" if a["groups"] == 1 else None
     return None
 
 
@@ -90,3 +90,22 @@ def test_triton_tactics_in_a_whole_plan_match_the_reference(model, shape):
     chosen = swap_in_triton(compiled)
     assert "triton_quantize" in chosen and any("gemm" in c for c in chosen)
     assert torch.equal(compiled(x), reference)
+
+
+def test_on_a_gpu_a_few_channel_stem_stays_in_float_and_the_report_says_why():
+    import dataclasses
+
+    from kiln.quantize.block import faster_in_float
+
+    net = Network()
+    x = net.add_input("x", [2, 3, 8, 8], torch.float32)
+    w = net.add_constant("w", torch.randn(16, 3, 3, 3))
+    attrs = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "transposed": False, "output_padding": [0, 0], "groups": 1}
+    (y,) = net.add_layer("conv", [x, w, None], [([2, 16, 8, 8], torch.float32)], attrs)
+    w2 = net.add_constant("w2", torch.randn(16, 16, 3, 3))
+    (z,) = net.add_layer("conv", [y, w2, None], [([2, 16, 8, 8], torch.float32)], attrs)
+    net.outputs.append(z.name)
+    settings = kiln.settings.CompileSettings()
+    assert faster_in_float(net, settings) == {}  # the CPU's reference tactics: nothing to gain by keeping it
+    on_gpu = faster_in_float(net, dataclasses.replace(settings, device=torch.device("cuda")))
+    assert list(on_gpu) == ["conv"] and "3 input channels" in on_gpu["conv"]

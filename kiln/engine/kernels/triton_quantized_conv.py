@@ -63,8 +63,8 @@ def qconv_kernel(
                 a = tl.load(x_ptr + x_row[:, None] + cc[None, :], mask=pix_ok[:, None] & (cc[None, :] < C), other=0.0)
                 if HAS_ZP:
                     a = tl.where(pix_ok[:, None], a, x_zp.to(tl.int8))
-                w_rows = tap * C + cc
-                b = tl.load(w_ptr + w_rows[:, None] * N + rn[None, :], mask=(cc[:, None] < C) & (rn[None, :] < N), other=0.0)
+                w_cols = tap * C + cc
+                b = tl.load(w_ptr + rn[None, :] * K + w_cols[:, None], mask=(cc[:, None] < C) & (rn[None, :] < N), other=0.0)
                 acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
                 if HAS_ZP:
                     colsum += tl.sum(b.to(tl.int32), axis=0)
@@ -83,7 +83,7 @@ def qconv_kernel(
             a = tl.load(x_ptr + a_offsets, mask=inside, other=0.0)
             if HAS_ZP:
                 a = tl.where(inside, a, x_zp.to(tl.int8))
-            b = tl.load(w_ptr + kk[:, None] * N + rn[None, :], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+            b = tl.load(w_ptr + rn[None, :] * K + kk[:, None], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
             acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
             if HAS_ZP:
                 colsum += tl.sum(b.to(tl.int32), axis=0)
@@ -94,11 +94,12 @@ def qconv_kernel(
 )
 
 
-def weight_taps_by_n(layer, weights: dict) -> dict:
-    """[Cout, Cin, KH, KW] → [KH * KW * Cin, Cout]: the implicit GEMM's B, channels fastest within a tap."""
+def weight_n_by_taps(layer, weights: dict) -> dict:
+    """[Cout, Cin, KH, KW] → [Cout, KH * KW * Cin]: the implicit GEMM's B stored K-major (channels fastest within a
+    tap), the layout 8-bit tensor-core MMAs want (triton_quantized_gemm.weight_n_by_k says why)."""
     name = layer.inputs[1]
     w = weights[name]
-    return {name: w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()}
+    return {name: w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()}
 
 
 def qconv_nhwc(layer, x: torch.Tensor, w_taps: torch.Tensor, bias, residual, w_scale, config) -> torch.Tensor:
@@ -108,11 +109,11 @@ def qconv_nhwc(layer, x: torch.Tensor, w_taps: torch.Tensor, bias, residual, w_s
     (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    cout = w_taps.shape[1]
+    cout = w_taps.shape[0]
     x_nhwc = x.contiguous(memory_format=torch.channels_last)
     out = torch.empty((n, oh, ow, cout), dtype=output_dtype(layer), device=x.device)
     res = nhwc_rows(residual) if residual is not None else None
-    m, k = n * oh * ow, w_taps.shape[0]
+    m, k = n * oh * ow, w_taps.shape[1]
     block_m, block_n, block_k, warps, stages = config
     grid = (triton.cdiv(m, block_m), triton.cdiv(cout, block_n))
     source = TEMPLATE.replace("ACC_TYPE", accumulator_type(a["qdtype"]))
@@ -128,8 +129,8 @@ def qconv_nhwc(layer, x: torch.Tensor, w_taps: torch.Tensor, bias, residual, w_s
 
 def layer_kernel_size(layer, w_taps: torch.Tensor, cin: int) -> tuple[int, int]:
     kh, kw = layer.attrs["kernel_size"]
-    if w_taps.dim() != 2 or w_taps.shape[0] != kh * kw * cin:
-        raise ValueError("triton qconv runs only with the [KH*KW*Cin, Cout] weight its prepare made")
+    if w_taps.dim() != 2 or w_taps.shape[1] != kh * kw * cin:
+        raise ValueError("triton qconv runs only with the [Cout, KH*KW*Cin] weight its prepare made")
     return kh, kw
 
 
@@ -149,7 +150,7 @@ for _qdtype in ("int8", "fp8"):
     for _config in TILE_CONFIGS:
         tactic(
             "qconv",
-            f"triton_{_qdtype}_conv_{_config[0]}x{_config[1]}x{_config[2]}",
+            f"triton_{_qdtype}_conv_kmajor_{_config[0]}x{_config[1]}x{_config[2]}",  # see triton_quantized_gemm._name
             when=lambda layer, target, q=_qdtype: _applies(layer, target, q),
-            prepare=weight_taps_by_n,
+            prepare=weight_n_by_taps,
         )(qconv_triton(_config))
