@@ -59,8 +59,12 @@ def test_engine_cache_hit_builds_nothing(tmp_path, monkeypatch):
     options = dict(inputs=[spec()], enabled_precisions={torch.half}, min_block_size=1, engine_cache=True, cache_dir=str(tmp_path))
     first = kiln.compile(model(0), **options)
     built = len(builds)
+    exports = []
+    real_export = torch.export.export
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: exports.append(1) or real_export(*a, **k))
     second = kiln.compile(model(0), **options)
     assert built > 0 and len(builds) == built
+    assert not exports, "a warm compile on the GPU ran torch.export: its module key missed"
     x = torch.randn(4, 3, 32, 32, device=CUDA, dtype=torch.half)
     with torch.no_grad():
         assert torch.equal(first(x), second(x))
