@@ -80,6 +80,8 @@ def finish(acc: torch.Tensor, attrs: dict, channel_dim: int, bias, residual, w_s
     if bias is not None:
         y = y + bias.float().view(shape)
     if residual is not None:
+        if "res_scale" in attrs:  # an 8-bit residual (placement._requantize_outputs): dequantized in FP32, as the kernels do
+            residual = (residual.float() - attrs.get("res_zero_point", 0)) * float(torch.tensor(attrs["res_scale"], dtype=torch.float32))
         y = y + residual.float()
     if attrs.get("activation") is not None:
         y = activation_fn(attrs["activation"], y, attrs.get("activation_attrs", {}))

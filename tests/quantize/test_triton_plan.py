@@ -87,6 +87,13 @@ def test_triton_tactics_in_a_whole_plan_match_the_reference(model, shape):
     )
     x = data[1]
     reference = compiled(x)
+    if model is MBConvNet:
+        # The stem's output feeds the depthwise conv (quantized) and project's residual add: it stays INT8,
+        # and project dequantizes it in its epilogue.
+        steps = {s.layer.name: s.layer for e in compiled.engine_blocks.values() for s in e.plan.steps}
+        readers = [layer for layer in steps.values() if "res_scale" in layer.attrs]
+        assert len(readers) == 1 and readers[0].attrs["residual"]
+        assert compiled.engine_blocks["_engine_block_0"].plan.tensors[readers[0].inputs[3]].dtype == torch.int8
     chosen = swap_in_triton(compiled)
     assert "triton_quantize" in chosen and any("gemm" in c for c in chosen)
     assert torch.equal(compiled(x), reference)

@@ -45,7 +45,9 @@ EPILOGUE_TAIL = """
     else:
         tl.store(c_ptr + offsets, acc.to(c_ptr.dtype.element_ty), mask=mask)
 """
-RESIDUAL_LOAD = "tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)"
+# An 8-bit residual (a block's requantized output, placement._requantize_outputs) is dequantized here;
+# a float one has res_zp 0 and res_scale 1, exact.
+RESIDUAL_LOAD = "((tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32) - res_zp) * res_scale)"
 
 
 def output_mode(attrs: dict) -> int:
@@ -62,6 +64,8 @@ def epilogue_args(layer, w_scale: torch.Tensor, bias, residual) -> dict:
         out_zp=float(a.get("out_zero_point", 0)),
         out_qmin=float(a.get("out_qmin", -128)),
         out_qmax=float(a.get("out_qmax", 127)),
+        res_scale=float(a.get("res_scale", 1.0)),
+        res_zp=float(a.get("res_zero_point", 0)),
         HAS_ZP=int(a.get("x_zero_point", 0)) != 0,
         PER_CHANNEL=w_scale.numel() > 1,
         HAS_BIAS=bias is not None,

@@ -35,7 +35,7 @@ TEMPLATE = (
 def qconv_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, res_ptr, c_ptr, M, N, K,
     H, W, C, OH, OW, SH, SW, PH, PW, DH, DW, KH, KW,
-    x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax,
+    x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax, res_scale, res_zp,
     HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
     TAP_LOOP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):

@@ -21,7 +21,7 @@ TEMPLATE = (
 def qdepthwise_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, res_ptr, c_ptr, M, N,
     H, W, OH, OW, SH, SW, PH, PW, DH, DW, KH, KW,
-    x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax,
+    x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax, res_scale, res_zp,
     HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):

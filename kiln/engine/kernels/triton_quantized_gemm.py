@@ -30,7 +30,7 @@ TEMPLATE = (
 def qgemm_kernel(
     a_ptr, b_ptr, scale_ptr, bias_ptr, res_ptr, c_ptr, M, N, K,
     s_ab, s_am, s_ak, s_bb, s_bk, s_bn,
-    x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax,
+    x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax, res_scale, res_zp,
     HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
