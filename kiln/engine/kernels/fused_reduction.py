@@ -30,7 +30,9 @@ from kiln.engine.ir.dtypes import dtype_from_name
 from kiln.engine.ir.network import Layer
 from kiln.engine.ir.tensor import TensorDesc
 from kiln.engine.kernels.codegen.program import Program, evaluate
-from kiln.engine.kernels.registry import REFERENCE, get_tactic, reference
+from kiln.engine.kernels.fused_pointwise import run_generated, triton
+from kiln.engine.kernels.registry import REFERENCE, RunContext, get_tactic, reference, tactic
+from kiln.engine.runtime.executor import arena_output
 
 # The kind carries its own "epilogue" attribute (registry.FUSED_ATTRS): every tactic registered for it computes it.
 TAKES = ("epilogue",)
@@ -100,3 +102,35 @@ def fused_reduction_reference(layer, inputs, run):
     (result,) = evaluate(parts.epilogue, [result, *parts.epilogue_inputs], run)
     outs = [v.to(d) if v.dtype != d else v for v, d in zip([result, *handed], parts.out_dtypes)]
     return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _unfused_applies(layer, target) -> bool:
+    return triton is not None and target.is_cuda and "dtypes" in layer.attrs["reduction"]
+
+
+@tactic("fused_reduction", "triton_unfused", when=_unfused_applies, takes=TAKES)
+def fused_reduction_unfused(layer, inputs, run):
+    """The parts one after another, each on the kernel it had before fusion: the prologue and epilogue as
+    generated pointwise kernels, the reduction on its own best kernel (UNFUSED_MIDDLE, else its reference).
+    The builder times this against the one-kernel tactics, so fusing never costs what the separate layers
+    ran at, even where a generated reduction kernel is the slower one."""
+    parts = split_inputs(layer, inputs)
+    x_dtype, mid_dtype = (dtype_from_name(d) for d in layer.attrs["reduction"]["dtypes"])
+    if parts.prologue is IDENTITY:
+        x, handed = parts.prologue_inputs[0], []
+    else:
+        planned = [None, *(arena_output(run, i) for i in range(1, len(parts.out_dtypes)))]
+        x, *handed = run_generated(parts.prologue, parts.prologue_inputs, [x_dtype, *parts.out_dtypes[1:]], planned)
+    middle = UNFUSED_MIDDLE.get((parts.kind, parts.attrs.get("type")), get_tactic(parts.kind, REFERENCE).fn)
+    reduction = Layer(parts.kind, layer.name, [None] * (1 + len(parts.extras)), [""], parts.attrs)
+    # Without the arena: the planned buffers are the fused layer's outputs, not the middle value's.
+    result = middle(reduction, [x, *parts.extras], RunContext(run.symbols))
+    if parts.epilogue is not IDENTITY:
+        (result,) = run_generated(parts.epilogue, [result, *parts.epilogue_inputs], [parts.out_dtypes[0]], [arena_output(run, 0)])
+    elif result.dtype != mid_dtype:
+        result = result.to(mid_dtype)
+    return result if not handed else (result, *handed)
+
+
+# (kind, type) -> a plain tactic faster than the reference for that reduction, as its kernel module registers it.
+UNFUSED_MIDDLE: dict[tuple[str, str | None], Callable] = {}

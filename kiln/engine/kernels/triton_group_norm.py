@@ -24,7 +24,7 @@ import torch
 from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.kernels.codegen.strided import HEADER, dtypes_comment, emit_loaded, store, stride_params
 from kiln.engine.kernels.codegen.triton_source import load_kernel
-from kiln.engine.kernels.fused_reduction import IDENTITY, TAKES, FusedParts, generated_reduction, plain_parts, split_inputs
+from kiln.engine.kernels.fused_reduction import IDENTITY, TAKES, UNFUSED_MIDDLE, FusedParts, generated_reduction, plain_parts, split_inputs
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.runtime.executor import arena_output
 
@@ -65,6 +65,9 @@ def fused_group_norm_triton(layer, inputs, run):
 def group_norm_triton(layer, inputs, run):
     (out,) = group_norm(plain_parts("norm", layer.attrs, inputs, inputs[0].dtype), [arena_output(run, 0)])
     return out
+
+
+UNFUSED_MIDDLE[("norm", "group")] = group_norm_triton
 
 
 def group_norm(parts: FusedParts, planned: list) -> list[torch.Tensor]:

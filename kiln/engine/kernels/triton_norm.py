@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from kiln.engine.kernels.fused_reduction import UNFUSED_MIDDLE
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.runtime.executor import arena_output
 
@@ -90,3 +91,6 @@ def norm_rows_triton(layer, inputs, run):
     a = layer.attrs
     rms = a["type"] == "rms"
     return row_norm(x, w, None if rms else b, run.shape(a["shape"]), a.get("eps"), rms, arena_output(run, 0))
+
+
+UNFUSED_MIDDLE[("norm", "layer")] = UNFUSED_MIDDLE[("norm", "rms")] = norm_rows_triton

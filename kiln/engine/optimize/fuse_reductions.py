@@ -90,7 +90,13 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
     outputs = [result, *handed]
     members = [m for m in (prologue_layer, reduction, epilogue_layer) if m is not None]
     attrs = {
-        "reduction": {"kind": reduction.kind, "attrs": dict(reduction.attrs), "num_extras": len(extras)},
+        "reduction": {
+            "kind": reduction.kind,
+            "attrs": dict(reduction.attrs),
+            "num_extras": len(extras),
+            # The dtypes of the values between the parts, for the tactic that runs the parts one after another.
+            "dtypes": [dtype_name(network.tensors[n].dtype) for n in (x, reduction.outputs[0])],
+        },
         "prologue": pro_program.to_json() if pro_program else None,
         "epilogue": epi_program.to_json() if epi_program else None,
         "out_dtypes": [dtype_name(network.tensors[o].dtype) for o in outputs],

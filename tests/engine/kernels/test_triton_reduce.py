@@ -6,7 +6,7 @@ import torch
 
 from kiln.engine.ir.network import Network
 from kiln.engine.kernels import triton_reduce
-from kiln.engine.kernels.fused_reduction import fused_reduction_reference
+from kiln.engine.kernels.fused_reduction import fused_reduction_reference, fused_reduction_unfused
 from kiln.engine.kernels.registry import RunContext
 from kiln.engine.optimize.fuse_pointwise import fuse_pointwise_groups
 from kiln.engine.optimize.fuse_reductions import fuse_reduction_layers
@@ -65,10 +65,11 @@ def test_fused_reduction_matches_the_reference(kind, attrs, shape, out_shape, ep
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
     on_device = [values[n].to(DEVICE) for n in layer.inputs]
     ref = fused_reduction_reference(layer, [v.float() for v in on_device], RUN)
-    out = triton_reduce.fused_reduce_triton(layer, on_device, RUN)
-    refs, outs = (ref, out) if hand_out else ((ref,), (out,))
-    for o, e in zip(outs, refs):
-        assert o.shape == e.shape and o.dtype == e.dtype and relative_error(o.float(), e.float()) < 4e-3
+    for tactic_fn in (triton_reduce.fused_reduce_triton, fused_reduction_unfused):
+        out = tactic_fn(layer, on_device, RUN)
+        refs, outs = (ref, out) if hand_out else ((ref,), (out,))
+        for o, e in zip(outs, refs):
+            assert o.shape == e.shape and o.dtype == e.dtype and relative_error(o.float(), e.float()) < 4e-3
 
 
 def test_integer_and_unknown_reductions_are_not_fused():
