@@ -7,7 +7,7 @@ is left in the block's `meta[SUMMARY]` for the report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -68,17 +68,19 @@ def quantize_block(network: Network, block, settings) -> Network:
     budget = settings.int8_error_budget
     if entry is not None and (entry.get("error_budget") == budget or calibration.inputs is None):
         keep, error, error_all = dict(entry["keep"]), entry.get("error"), entry.get("error_all_quantized")
+        spec = replace(spec, residuals_in_8_bits=entry.get("residuals_in_8_bits", True))
     else:
         if batches is None:
             batches = calibration.inputs.of(calibration.name)
         guard = AccuracyGuard(network, spec, batches[: max(calibrator.guard_batches, 1)], settings.compute_dtype)
         result = guard.run(budget)
         keep, error, error_all = result.keep, result.error, result.error_all_quantized
+        spec = replace(spec, residuals_in_8_bits=result.residuals_in_8_bits)
     if calibrator.cache_file and (entry is None or entry.get("keep") != keep):
         readers = {name: sorted(layer.name for layer in candidates if name in activation_inputs(layer, network)) for name in amax}
         tensors = {name: {"amax": a, "layers": readers.get(name, [])} for name, a in amax.items()}
         record = {"fingerprint": fingerprint, "algorithm": algorithm, "qdtype": qdtype, "tensors": tensors, "keep": keep}
-        record.update(error_budget=budget, error=error, error_all_quantized=error_all)
+        record.update(error_budget=budget, error=error, error_all_quantized=error_all, residuals_in_8_bits=spec.residuals_in_8_bits)
         write_block(calibrator.cache_file, calibration.name, record)
     block.meta[SUMMARY] = {
         "source": spec.source + (" (from the cache)" if entry is not None else ""),
@@ -86,6 +88,7 @@ def quantize_block(network: Network, block, settings) -> Network:
         "error": error,
         "error_all_quantized": error_all,
         "budget": budget,
+        "residuals": qdtype if spec.residuals_in_8_bits else "float (8-bit residuals alone broke the error budget)",
     }
     return quantize_network(network, spec, {**faster_in_float(network, settings), **keep}, settings.compute_dtype)
 

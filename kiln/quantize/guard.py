@@ -8,7 +8,7 @@ is within the budget. Every decision goes into the report with the number behind
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -36,6 +36,7 @@ class GuardResult:
     keep: dict[str, str] = field(default_factory=dict)  # layer name -> why it stays in float
     error: float = 0.0  # the block's output error with the final choice
     error_all_quantized: float = 0.0
+    residuals_in_8_bits: bool = True
 
 
 class AccuracyGuard:
@@ -60,6 +61,17 @@ class AccuracyGuard:
         result = GuardResult(error=full_error, error_all_quantized=full_error)
         if full_error <= budget:
             return result
+        if self.spec.residuals_in_8_bits and not self.spec.explicit:
+            # Residuals in float first: dropping that one choice costs less speed than dropping layers.
+            eight_bit_residuals, self.spec = self.spec, replace(self.spec, residuals_in_8_bits=False)
+            error, float_quantized = self.error({})
+            if error < full_error:
+                quantized = float_quantized
+                result = GuardResult(error=error, error_all_quantized=error, residuals_in_8_bits=False)
+                if error <= budget:
+                    return result
+            else:
+                self.spec = eight_bit_residuals
         names = [layer.name for layer in quantized.layers if layer.kind in QUANTIZED_KINDS.values()]
         harm = {}
         for name in names:
@@ -72,4 +84,6 @@ class AccuracyGuard:
             if result.error <= budget:
                 break
         result.keep = keep
+        result.residuals_in_8_bits = self.spec.residuals_in_8_bits
         return result
+

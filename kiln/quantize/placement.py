@@ -53,6 +53,9 @@ class QuantSpec:
     acts: dict[str, ActQuant]
     source: str  # shown in the report: "entropy calibration", "QAT/PT2E scales"
     explicit: bool = False  # scales come from fake-quantize layers in the graph
+    # Calibrated (not explicit) specs may keep residual adds' inputs in 8 bits (_requantize_outputs); the
+    # accuracy guard turns it off when that alone breaks the error budget.
+    residuals_in_8_bits: bool = True
 
 
 def activation_inputs(layer: Layer, network: Network) -> list[str]:
@@ -195,7 +198,7 @@ def quantize_network(network: Network, spec: QuantSpec, keep: dict[str, str], fl
         q.attrs["out_dtype"] = q.attrs["dtype"] = dtype_name(dtype)
     # Fake-quantize layers whose readers all became 8-bit go first, so they do not count as float readers.
     _remove_dead_layers(network)
-    _requantize_outputs(network, made, residuals_in_8_bits=not spec.explicit)
+    _requantize_outputs(network, made, residuals_in_8_bits=spec.residuals_in_8_bits and not spec.explicit)
     _remove_dead_layers(network)
     return network
 

@@ -33,6 +33,8 @@ def quantization_table(records: dict[str, dict]) -> str:
             line += (
                 f"; output error vs FP32 {s['error']:.4f} (budget {s['budget']}, {s['error_all_quantized']:.4f} with every layer quantized)"
             )
+        if s.get("residuals") is not None:
+            line += f"; residual adds read {s['residuals']}"
         parts.append(line)
         parts.append(format_table(HEADERS, rows))
     return "\n".join(parts)

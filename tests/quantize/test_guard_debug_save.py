@@ -113,3 +113,44 @@ def test_guard_of_a_half_model_measures_against_fp32():
     x = _data(4)[3]
     with torch.no_grad():
         assert _rel(compiled(x.half()).float(), OneHarmfulLayer().eval()(x)) < 0.06
+
+
+class ResidualBlock(nn.Module):
+    """out = conv2(y) + y with a small conv2: an 8-bit residual adds y's quantization noise to the output unscaled."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(16, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        with torch.no_grad():
+            self.conv2.weight.mul_(0.05)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        return self.conv2(y) + y
+
+
+def test_guard_keeps_residuals_in_float_before_dropping_layers():
+    g = torch.Generator().manual_seed(2)
+    data = [torch.randn(2, 16, 6, 6, generator=g) for _ in range(3)]
+    model = ResidualBlock().eval()
+
+    def compile_with(budget):
+        calibrator = kiln.ptq.DataLoaderCalibrator(data, algo="minmax", progress=False)
+        settings = dict(enabled_precisions={torch.int8}, calibrator=calibrator, int8_error_budget=budget, min_block_size=1)
+        compiled = kiln.compile(model, [data[0]], **settings)
+        record = compiled.report.quantization["_engine_block_0"]
+        return record["summary"], {r[0]: r[2] for r in record["rows"]}, compiled
+
+    loose, rows, compiled = compile_with(10.0)
+    assert loose["residuals"] == "int8" and set(rows.values()) == {"int8"}
+    steps = [s.layer for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    assert any("res_scale" in layer.attrs for layer in steps)  # conv1's output reaches the add in 8 bits
+    # Just under what 8-bit residuals cost: float residuals fit the budget, so no layer has to leave INT8.
+    tight, rows, compiled = compile_with(loose["error"] * 0.9)
+    assert tight["residuals"].startswith("float") and set(rows.values()) == {"int8"}, (tight, rows)
+    assert tight["error"] < loose["error"] * 0.9
+    assert "residual adds read float" in compiled.report.table()
+    steps = [s.layer for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    assert not any("res_scale" in layer.attrs for layer in steps)
