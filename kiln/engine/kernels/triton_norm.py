@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from kiln.engine.kernels.fused_reduction import UNFUSED_MIDDLE
+from kiln.engine.ir.dtypes import dtype_from_name
+from kiln.engine.kernels.codegen.rows import MAX_ROW as ROWS_MAX
+from kiln.engine.kernels.codegen.rows import row_kernel_source, run_rows
+from kiln.engine.kernels.codegen.triton_source import load_kernel
+from kiln.engine.kernels.fused_reduction import TAKES, UNFUSED_MIDDLE, generated_reduction, split_inputs
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.runtime.executor import arena_output
 
@@ -94,3 +98,57 @@ def norm_rows_triton(layer, inputs, run):
 
 
 UNFUSED_MIDDLE[("norm", "layer")] = UNFUSED_MIDDLE[("norm", "rms")] = norm_rows_triton
+
+
+# Layer / RMS norm over one last dim with the programs around it (a fused_reduction layer): the same
+# rows-per-program shape as above, generated from the whole-row template with the prologue (a residual
+# add before a pre-norm) and epilogue (an activation after it) in registers.
+@generated_reduction("norm")
+def is_row_norm(attrs: dict, x) -> bool:
+    shape = attrs.get("shape") or []
+    return attrs.get("type") in ("layer", "rms") and len(shape) == 1 and isinstance(shape[0], int) and 0 < shape[0] <= ROWS_MAX
+
+
+def _applies_fused(layer, target) -> bool:
+    r = layer.attrs["reduction"]
+    return triton is not None and target.is_cuda and r["kind"] == "norm" and is_row_norm(r["attrs"], None)
+
+
+@tactic("fused_reduction", "triton_norm_rows", when=_applies_fused, takes=TAKES)
+def fused_norm_rows_triton(layer, inputs, run):
+    parts = split_inputs(layer, inputs)
+    a = parts.attrs
+    rms = a["type"] == "rms"
+    weight, bias = parts.extras[0], None if rms else parts.extras[1]
+    affine = (weight is not None, bias is not None)
+    eps = a.get("eps")
+    if eps is None:  # RMS norm's default: the machine epsilon of what it normalises
+        eps = torch.finfo(dtype_from_name(layer.attrs["reduction"]["dtypes"][0])).eps
+    dtypes = ([t.dtype for t in parts.prologue_inputs], [t.dtype for t in parts.epilogue_inputs], parts.out_dtypes)
+
+    def kernel_for(num_leading: int):
+        key = (repr(parts.prologue.to_json()), repr(parts.epilogue.to_json()), *map(tuple, dtypes), num_leading, rms, affine)
+        kernel = _GENERATED.get(key)
+        if kernel is None:
+            source = fused_norm_source(parts.prologue, parts.epilogue, dtypes, num_leading, rms, affine)
+            kernel = _GENERATED[key] = load_kernel(source, "norm_rows")
+        return kernel
+
+    vectors = [t.reshape(-1).contiguous() for t in (weight, bias) if t is not None]
+    outs = run_rows(parts, [arena_output(run, i) for i in range(len(parts.out_dtypes))], kernel_for, [*vectors, float(eps)])
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+_GENERATED: dict[tuple, object] = {}
+
+
+def fused_norm_source(prologue, epilogue, dtypes, num_leading: int, rms: bool, affine: tuple[bool, bool]) -> str:
+    middle = ["centred = x"] if rms else ["mean = tl.sum(x, axis=1) / D", "centred = tl.where(mask, x - mean[:, None], 0.0)"]
+    middle += ["var = tl.sum(centred * centred, axis=1) / D", "y = centred * (1.0 / tl.sqrt_rn(var + eps))[:, None]"]
+    params = []
+    for name, op, present in (("weight", "*", affine[0]), ("bias", "+", affine[1])):
+        if present:
+            params.append(name)
+            middle.append(f"y = y {op} tl.load({name} + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]")
+    origin = "kernels/triton_norm.py"
+    return row_kernel_source("norm_rows", origin, prologue, epilogue, dtypes, num_leading, "0.0", middle, [*params, "eps"])

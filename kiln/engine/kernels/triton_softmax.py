@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from kiln.engine.kernels.codegen.strided import HEADER, dtypes_comment, emit_loaded, expanded_strides, store, stride_params
+from kiln.engine.kernels.codegen.rows import MAX_ROW, row_kernel_source, run_rows
 from kiln.engine.kernels.codegen.triton_source import load_kernel
 from kiln.engine.kernels.fused_reduction import TAKES, FusedParts, generated_reduction, split_inputs
 from kiln.engine.kernels.registry import tactic
@@ -22,8 +22,6 @@ try:
     import triton
 except ImportError:  # a CPU-only install: the tactics are not offered
     triton = None
-
-MAX_ROW = 8192
 
 
 # Only fused layers get this kernel: fusion checks the row is static and short enough; a plain
@@ -47,31 +45,12 @@ def fused_softmax_triton(layer, inputs, run):
 
 
 def row_softmax(parts: FusedParts, planned: list) -> list[torch.Tensor]:
-    shape = list(torch.broadcast_shapes(*(t.shape for t in parts.prologue_inputs)))
-    if not shape or parts.attrs["dim"] not in (-1, len(shape) - 1) or not 0 < shape[-1] <= MAX_ROW:
-        raise ValueError(f"triton_softmax_rows takes softmax over a last dim of at most {MAX_ROW} values, not {shape}")
-    template = max(parts.prologue_inputs, key=lambda t: (list(t.shape) == shape, t.numel()))
-    outs = []
-    for dtype, buf in zip(parts.out_dtypes, planned):
-        if buf is None or list(buf.shape) != shape or buf.dtype != dtype:
-            buf = torch.empty(shape, dtype=dtype, device=template.device)
-        outs.append(buf)
-    d = shape[-1]
-    rows = outs[0].numel() // d
-    if rows == 0:
-        return outs
-    leading = shape[:-1]
-    kernel = _kernel(
-        parts.prologue, parts.epilogue, [t.dtype for t in parts.prologue_inputs], [t.dtype for t in parts.epilogue_inputs],
-        [o.dtype for o in outs], len(leading), parts.attrs["op"] == "log_softmax",
-    )  # fmt: skip
-    tensors = [*parts.prologue_inputs, *parts.epilogue_inputs, *outs]
-    strides = [s for t in tensors for s in expanded_strides(t, shape)]
-    block_d = triton.next_power_of_2(d)
-    block_r = max(1, min(64, 4096 // block_d))
-    warps = 4 if block_d * block_r <= 4096 else 8
-    kernel[(triton.cdiv(rows, block_r),)](*tensors, rows, d, *leading, *strides, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps)
-    return outs
+    rank = len(torch.broadcast_shapes(*(t.shape for t in parts.prologue_inputs)))
+    if parts.attrs["dim"] not in (-1, rank - 1):
+        raise ValueError(f"triton_softmax_rows takes softmax over the last dim, not dim {parts.attrs['dim']}")
+    dtypes = ([t.dtype for t in parts.prologue_inputs], [t.dtype for t in parts.epilogue_inputs], parts.out_dtypes)
+    log = parts.attrs["op"] == "log_softmax"
+    return run_rows(parts, planned, lambda num_leading: _kernel(parts.prologue, parts.epilogue, *dtypes, num_leading, log))
 
 
 _KERNELS: dict[tuple, object] = {}
@@ -87,37 +66,12 @@ def _kernel(prologue, epilogue, in_dtypes, epi_dtypes, out_dtypes, num_leading: 
 
 
 def kernel_source(prologue, epilogue, in_dtypes, epi_dtypes, out_dtypes, num_leading: int, log: bool) -> str:
-    ins = [f"pin{i}" for i in range(len(in_dtypes))]
-    epis = [f"ein{i}" for i in range(len(epi_dtypes))]
-    outs = [f"out{i}" for i in range(len(out_dtypes))]
-    rank = num_leading + 1
-    sizes = [f"L{d}" for d in range(num_leading)]
-    strides = [s for name in (*ins, *epis, *outs) for s in stride_params(name, rank)]
-    signature = ", ".join([*ins, *epis, *outs, "R", "D", *sizes, *strides, "BLOCK_R: tl.constexpr", "BLOCK_D: tl.constexpr"])
-    axes = [f"i{d}[:, None]" for d in range(num_leading)] + ["cols[None, :]"]
-    body = [
-        "rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)",
-        "cols = tl.arange(0, BLOCK_D)",
-        "mask = (rows < R)[:, None] & (cols < D)[None, :]",
-        "rest = rows.to(tl.int64)",
-    ]
-    for d in reversed(range(num_leading)):
-        body += [f"i{d} = rest % L{d}", f"rest = rest // L{d}"] if d else ["i0 = rest"]
-    pro_lines, pro_results = emit_loaded(prologue, ins, in_dtypes, axes, "mask", "p")
-    body += pro_lines
-    body += [
-        # Padding is a finite lowest value: it vanishes in exp like -inf, yet a padding row makes no NaN.
-        f"x = tl.where(mask, {pro_results[0]}.to(tl.float32), -3.0e38)",
+    middle = [
         "top = tl.max(x, axis=1)",
         "e = tl.exp(x - top[:, None])",
         "total = tl.sum(e, axis=1)",
         "y = x - top[:, None] - tl.log(total)[:, None]" if log else "y = e / total[:, None]",
     ]
-    epi_lines, epi_results = emit_loaded(epilogue, epis, epi_dtypes, axes, "mask", "e", first="y")
-    body += epi_lines
-    body.append(store("out0", out_dtypes[0], axes, epi_results[0], "mask"))
-    body += [store(name, dtype, axes, value, "mask") for name, dtype, value in zip(outs[1:], out_dtypes[1:], pro_results[1:])]
-    text = "\n".join("    " + line for line in body)
-    return dtypes_comment("kernels/triton_softmax.py", [*in_dtypes, *epi_dtypes, *out_dtypes]) + HEADER + (
-        f"@triton.jit\ndef softmax_rows({signature}):\n{text}\n"
-    )
+    # Padding is a finite lowest value: it vanishes in exp like -inf, yet a padding row makes no NaN.
+    dtypes = (in_dtypes, epi_dtypes, out_dtypes)
+    return row_kernel_source("softmax_rows", "kernels/triton_softmax.py", prologue, epilogue, dtypes, num_leading, "-3.0e38", middle)
