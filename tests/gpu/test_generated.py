@@ -166,9 +166,10 @@ def test_window_attention_fuses_the_bias_into_the_softmax_and_matches_eager():
 def test_generated_reductions_against_their_references_at_model_sizes():
     """Each generated reduction tactic on the GPU at PoolFormer/Swin/ConvNeXt sizes, against the fused reference."""
     from kiln.engine.ir.network import Network
-    from kiln.engine.kernels.fused_reduction import fused_reduction_reference
+    from kiln.engine.kernels.fused_reduction import fused_reduction_reference, fused_reduction_unfused
     from kiln.engine.kernels.registry import RunContext
     from kiln.engine.kernels.triton_group_norm import fused_group_norm_triton
+    from kiln.engine.kernels.triton_norm import fused_norm_rows_triton
     from kiln.engine.kernels.triton_reduce import fused_reduce_triton
     from kiln.engine.kernels.triton_softmax import fused_softmax_triton
     from kiln.engine.optimize.fuse_pointwise import fuse_pointwise_groups
@@ -182,6 +183,7 @@ def test_generated_reductions_against_their_references_at_model_sizes():
         ("softmax", {"op": "log_softmax", "dim": 2, "dtype": None}, [4, 16, 4096], [4, 16, 4096], fused_softmax_triton),
         ("pool", {"op": "adaptive_avg", "output_size": [1, 1]}, [32, 768, 7, 7], [32, 768, 1, 1], fused_reduce_triton),
         ("reduce", {"op": "mean", "dims": [2], "keepdim": False}, [4, 197, 768], [4, 197], fused_reduce_triton),
+        ("norm", {"type": "layer", "shape": [768], "eps": 1e-6}, [4, 197, 768], [4, 197, 768], fused_norm_rows_triton),
     ]
     for kind, attrs, shape, out_shape, tactic_fn in cases:
         net = Network()
@@ -189,7 +191,8 @@ def test_generated_reductions_against_their_references_at_model_sizes():
         r = net.add_input("r", shape, torch.float16)
         extras = []
         if kind == "norm":
-            extras = [net.add_constant("w", torch.rand(shape[1]).half() + 0.5), net.add_constant("b", torch.randn(shape[1]).half())]
+            channels = shape[1] if attrs["type"] == "group" else shape[-1]
+            extras = [net.add_constant("w", torch.rand(channels).half() + 0.5), net.add_constant("b", torch.randn(channels).half())]
             extras += [None, None]
         (stream,) = net.add_layer("binary", [x, r], [(shape, torch.float16)], {"op": "add"})
         (out,) = net.add_layer(kind, [stream, *extras], [(out_shape, torch.float16)], attrs)
@@ -202,5 +205,6 @@ def test_generated_reductions_against_their_references_at_model_sizes():
         values.update({n: t.to(CUDA) for n, t in net.constants.items()})
         inputs = [values[n] if n is not None else None for n in layer.inputs]
         ref = fused_reduction_reference(layer, inputs, RunContext({}))
-        got = tactic_fn(layer, inputs, RunContext({}))
-        assert relative_error(got.float(), ref.float()) < 5e-3, (kind, attrs)
+        for fn in (tactic_fn, fused_reduction_unfused):
+            got = fn(layer, inputs, RunContext({}))
+            assert relative_error(got.float(), ref.float()) < 5e-3, (kind, attrs, fn.__name__)
