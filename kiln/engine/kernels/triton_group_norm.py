@@ -1,4 +1,4 @@
-"""Group normalisation (and instance norm with input statistics) as two generated Triton kernels.
+"""Group normalisation (and instance norm with input statistics, batch norm with batch statistics) as two generated Triton kernels.
 
 PyTorch's group norm gives each (sample, group) one thread block for its statistics: at batch
 1 with one group (PoolFormer's GroupNorm1, 64 channels x 56 x 56) a single block reduces 200k
@@ -7,7 +7,9 @@ statistics are split: kernel 1 gives each (sample, group) up to MAX_SPLIT progra
 a Welford mean / M2 per lane over its chunk and writing one partial (count, mean, M2); kernel 2
 (same grid) merges that group's partials (Chan's formula, exact for any split) and normalises its
 chunk. Both walk a group's elements in memory order (channel-inner for NHWC, spatial-inner for
-NCHW) and read every tensor through its strides, so either layout costs no copy.
+NCHW) and read every tensor through its strides, so either layout costs no copy. Instance norm
+is group norm with a group per channel; batch statistics are a group per channel holding every
+sample (WALKS["batch"]).
 
 A fused layer's prologue (PoolFormer's layer-scale multiply and residual add before the norm)
 is computed in kernel 1, which also writes the values the network still reads (the residual
@@ -41,7 +43,9 @@ AXES = ("n", "c", "s")
 
 @generated_reduction("norm")
 def is_group_norm(attrs: dict, x) -> bool:
-    grouped = attrs.get("type") == "group" or (attrs.get("type") == "instance" and attrs.get("use_input_stats"))
+    """Norms over statistics of the input itself: group, instance (with input statistics), batch statistics."""
+    kind = attrs.get("type")
+    grouped = kind in ("group", "batch_stats") or (kind == "instance" and attrs.get("use_input_stats"))
     return bool(grouped) and (x is None or x.rank >= 2)
 
 
@@ -67,7 +71,7 @@ def group_norm_triton(layer, inputs, run):
     return out
 
 
-UNFUSED_MIDDLE[("norm", "group")] = group_norm_triton
+UNFUSED_MIDDLE[("norm", "group")] = UNFUSED_MIDDLE[("norm", "batch_stats")] = group_norm_triton
 
 
 def group_norm(parts: FusedParts, planned: list) -> list[torch.Tensor]:
@@ -76,7 +80,8 @@ def group_norm(parts: FusedParts, planned: list) -> list[torch.Tensor]:
     template = max(parts.prologue_inputs, key=lambda t: (list(t.shape) == shape, t.numel()))
     n, c = shape[0], shape[1]
     spatial = math.prod(shape[2:])
-    groups = c if parts.attrs["type"] == "instance" else int(parts.attrs["groups"])
+    kind = parts.attrs["type"]
+    groups = int(parts.attrs["groups"]) if kind == "group" else c
     fmt = torch.channels_last if len(shape) == 4 and template.dim() == 4 and _channels_inner(template) else torch.contiguous_format
     outs = []
     for dtype, buf in zip(parts.out_dtypes, planned):
@@ -85,33 +90,35 @@ def group_norm(parts: FusedParts, planned: list) -> list[torch.Tensor]:
         outs.append(buf)
     if outs[0].numel() == 0:
         return outs
-    group_size = (c // groups) * spatial
+    # Batch statistics are per channel over every sample: one "group" per channel, samples folded into it.
+    group_size = n * spatial if kind == "batch_stats" else (c // groups) * spatial
+    programs = c if kind == "batch_stats" else n * groups
     block = max(16, min(1024, triton.next_power_of_2(group_size)))
-    split = max(1, min(MAX_SPLIT, triton.cdiv(TARGET_PROGRAMS, n * groups), triton.cdiv(group_size, block)))
+    split = max(1, min(MAX_SPLIT, triton.cdiv(TARGET_PROGRAMS, programs), triton.cdiv(group_size, block)))
     chunk = triton.cdiv(triton.cdiv(group_size, split), block) * block
     split = triton.cdiv(group_size, chunk)
-    partials = torch.empty(n * groups * split * 3, dtype=torch.float32, device=template.device)
+    partials = torch.empty(programs * split * 3, dtype=torch.float32, device=template.device)
 
     prologue_inputs = [_strided(t, shape) for t in parts.prologue_inputs]
     handed = outs[1:]
-    ch_inner = _channels_inner(template)
+    walk = "batch" if kind == "batch_stats" else "channels_inner" if _channels_inner(template) else "spatial_inner"
     # Kernel 2 reads the prologue's value where kernel 1 wrote it for the network, else recomputes it.
     reused = _reused_output(parts.prologue)
     apply_prologue, apply_inputs = (IDENTITY, [handed[reused]]) if reused is not None else (parts.prologue, prologue_inputs)
     weight, bias = (parts.extras + [None, None])[:2]
     epilogue_inputs = [_strided(t, shape) for t in parts.epilogue_inputs]
     sizes = [groups, c // groups, spatial, group_size, chunk, split]
-    grid = (n * groups, split)
+    grid = (programs, split)
     warps = 4 if block >= 512 else 2
 
-    stats = _kernel("stats", parts.prologue, [t.dtype for t in prologue_inputs], [t.dtype for t in handed], (), ch_inner)
+    stats = _kernel("stats", parts.prologue, [t.dtype for t in prologue_inputs], [t.dtype for t in handed], (), walk)
     stats[grid](
         *prologue_inputs, *handed, partials, *sizes, *_all_strides([*prologue_inputs, *handed], shape), BLOCK=block, num_warps=warps
     )
     affine = tuple(t is not None for t in (weight, bias))
     apply = _kernel(
         "apply", (apply_prologue, parts.epilogue), [t.dtype for t in apply_inputs], [t.dtype for t in epilogue_inputs],
-        affine, ch_inner, outs[0].dtype,
+        affine, walk, outs[0].dtype,
     )  # fmt: skip
     vectors = [t.reshape(-1).contiguous() for t in (weight, bias) if t is not None]
     apply[grid](
@@ -155,45 +162,50 @@ def _all_strides(tensors: list[torch.Tensor], shape: list[int]) -> list[int]:
 _KERNELS: dict[tuple, object] = {}
 
 
-def _kernel(which: str, programs, in_dtypes, other_dtypes, affine, ch_inner: bool, out_dtype=None):
+def _kernel(which: str, programs, in_dtypes, other_dtypes, affine, walk: str, out_dtype=None):
     key = (which, repr([p.to_json() for p in programs] if isinstance(programs, tuple) else programs.to_json()))
-    key += (tuple(in_dtypes), tuple(other_dtypes), affine, ch_inner, out_dtype)
+    key += (tuple(in_dtypes), tuple(other_dtypes), affine, walk, out_dtype)
     kernel = _KERNELS.get(key)
     if kernel is None:
         if which == "stats":
-            source = stats_source(programs, in_dtypes, other_dtypes, ch_inner)
+            source = stats_source(programs, in_dtypes, other_dtypes, walk)
         else:
-            source = apply_source(*programs, in_dtypes, other_dtypes, affine, ch_inner, out_dtype)
+            source = apply_source(*programs, in_dtypes, other_dtypes, affine, walk, out_dtype)
         kernel = _KERNELS[key] = load_kernel(source, f"group_norm_{which}")
     return kernel
 
 
-def _group_walk(ch_inner: bool) -> list[str]:
-    """Program ids to (sample, group, chunk); the loop header and each element's channel and spatial index."""
-    index = ["s = j // CG", "c = g * CG + j % CG"] if ch_inner else ["c = g * CG + j // S", "s = j % S"]
-    return [
-        "ng = tl.program_id(0)",
-        "sp = tl.program_id(1)",
-        "n = (ng // G).to(tl.int64)",
-        "g = ng % G",
-        "for start in range(0, CHUNK, BLOCK):",
-        "    j = sp * CHUNK + start + tl.arange(0, BLOCK)",
-        "    mask = j < M",
-        *("    " + line for line in index),
-    ]
+# Per walk: what a program's group id fixes, then each element's (sample, channel, spatial) index from
+# its place j in the group, in memory order. Names bound before the loop keep one type (Triton's rule).
+GROUP_FIXES = ["n = (ng // G).to(tl.int64)", "g = ng % G"]
+WALKS = {
+    "channels_inner": (GROUP_FIXES, ["s = j // CG", "c = g * CG + j % CG"]),
+    "spatial_inner": (GROUP_FIXES, ["c = g * CG + j // S", "s = j % S"]),
+    # One channel per group, every sample in it (batch statistics).
+    "batch": ([], ["n = (j // S).to(tl.int64)", "s = j % S", "c = ng + j * 0"]),
+}
 
 
-def stats_source(prologue: Program, in_dtypes, handed_dtypes, ch_inner: bool) -> str:
+def _group_walk(walk: str) -> tuple[list[str], list[str]]:
+    """Lines before the loop (program ids to group and chunk), and the loop's header with each element's indices."""
+    fixed, per_element = WALKS[walk]
+    loop = ["for start in range(0, CHUNK, BLOCK):", "    j = sp * CHUNK + start + tl.arange(0, BLOCK)", "    mask = j < M"]
+    return ["ng = tl.program_id(0)", "sp = tl.program_id(1)", *fixed], [*loop, *("    " + line for line in per_element)]
+
+
+def stats_source(prologue: Program, in_dtypes, handed_dtypes, walk: str) -> str:
     ins = [f"pin{i}" for i in range(len(in_dtypes))]
     hands = [f"hout{i}" for i in range(len(handed_dtypes))]
     strides = [s for name in (*ins, *hands) for s in stride_params(name, 3)]
     signature = ", ".join([*ins, *hands, "part", "G", "CG", "S", "M", "CHUNK", "SPLIT", *strides, "BLOCK: tl.constexpr"])
     lines, results = emit_loaded(prologue, ins, in_dtypes, AXES, "mask", "p")
+    head, loop = _group_walk(walk)
     body = [
         "cnt = tl.zeros([BLOCK], dtype=tl.float32)",
         "mean = tl.zeros([BLOCK], dtype=tl.float32)",
         "m2 = tl.zeros([BLOCK], dtype=tl.float32)",
-        *_group_walk(ch_inner),
+        *head,
+        *loop,
         *("    " + line for line in lines),
         f"    x = tl.where(mask, {results[0]}.to(tl.float32), 0.0)",
         # Welford per lane; lanes are merged once, after the loop.
@@ -217,7 +229,7 @@ def stats_source(prologue: Program, in_dtypes, handed_dtypes, ch_inner: bool) ->
     )
 
 
-def apply_source(prologue: Program, epilogue: Program, in_dtypes, epi_dtypes, affine, ch_inner: bool, out_dtype) -> str:
+def apply_source(prologue: Program, epilogue: Program, in_dtypes, epi_dtypes, affine, walk: str, out_dtype) -> str:
     ins = [f"pin{i}" for i in range(len(in_dtypes))]
     vectors = [name for name, present in zip(("weight", "bias"), affine) if present]
     epis = [f"ein{i}" for i in range(len(epi_dtypes))]
@@ -233,9 +245,9 @@ def apply_source(prologue: Program, epilogue: Program, in_dtypes, epi_dtypes, af
     if "bias" in vectors:
         affine_lines.append("y = y + tl.load(bias + c, mask=mask, other=0.0).to(tl.float32)")
     epi_lines, epi_results = emit_loaded(epilogue, epis, epi_dtypes, AXES, "mask", "e", first="y")
-    ng_head = _group_walk(ch_inner)
+    head, loop = _group_walk(walk)
     body = [
-        *ng_head[:4],
+        *head,
         "k = tl.arange(0, SPLIT_P2)",
         "kmask = k < SPLIT",
         "pbase = (ng * SPLIT + k) * 3",
@@ -247,7 +259,7 @@ def apply_source(prologue: Program, epilogue: Program, in_dtypes, epi_dtypes, af
         "dev = pmean - mean",
         "var = tl.sum(pm2 + pcount * dev * dev, axis=0) / total",
         "rstd = 1.0 / tl.sqrt_rn(var + eps)",
-        *ng_head[4:],
+        *loop,
         *("    " + line for line in pro_lines),
         f"    y = ({pro_results[0]}.to(tl.float32) - mean) * rstd",
         *("    " + line for line in affine_lines),

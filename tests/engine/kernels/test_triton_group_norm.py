@@ -85,3 +85,17 @@ def test_fused_prologue_and_epilogue(channels_last):
     out = triton_group_norm.fused_group_norm_triton(layer, on_device, RUN)
     for o, e in zip(out, ref):
         assert o.dtype == torch.float16 and relative_error(o.float(), e.float()) < 4e-3
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_statistics_norm(channels_last):
+    """F.batch_norm(training=True): per-channel statistics over every sample, one group per channel."""
+    torch.manual_seed(2)
+    x = (torch.randn(3, 6, 5, 4, device=DEVICE) * 2 + 3).half()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.rand(6, device=DEVICE).half() + 0.5, torch.randn(6, device=DEVICE).half()
+    layer = Layer("norm", "n", [], ["y"], {"type": "batch_stats", "eps": 1e-5})
+    ref = norm_reference(layer, [x.float(), w.float(), b.float(), None, None], RUN)
+    out = triton_group_norm.group_norm_triton(layer, [x, w, b, None, None], RUN)
+    assert relative_error(out.float(), ref) < 4e-3
