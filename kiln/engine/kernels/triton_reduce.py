@@ -143,9 +143,12 @@ def _unflatten(flat: str, prefix: str, count: int) -> list[str]:
     """Lines splitting a flat index into `count` indices {prefix}0.. (sizes {PREFIX}0..), the last one innermost."""
     if count == 0:
         return []
-    lines = [f"rest = {flat}.to(tl.int64)"]
+    # One name per index space: a name bound before the loop and again inside it would have to keep its shape.
+    rest = f"rest_{prefix}"
+    lines = [f"{rest} = {flat}.to(tl.int64)"]
     for d in reversed(range(count)):
-        lines += [f"{prefix}{d} = rest % {prefix.upper()}{d}", f"rest = rest // {prefix.upper()}{d}"] if d else [f"{prefix}0 = rest"]
+        size = f"{prefix.upper()}{d}"
+        lines += [f"{prefix}{d} = {rest} % {size}", f"{rest} = {rest} // {size}"] if d else [f"{prefix}0 = {rest}"]
     return lines
 
 

@@ -41,8 +41,9 @@ def run_rows(parts, planned: list, kernel_for: Callable[[int], object], params: 
     rows = outs[0].numel() // d
     if rows == 0:
         return outs
-    leading = shape[:-1]
-    strides = [s for t in (*parts.prologue_inputs, *parts.epilogue_inputs, *outs) for s in expanded_strides(t, shape)]
+    # A single row is walked as [1, D]: every pointer block is then 2-D, as compiled Triton wants.
+    leading = shape[:-1] or [1]
+    strides = [s for t in (*parts.prologue_inputs, *parts.epilogue_inputs, *outs) for s in expanded_strides(t, [*leading, d])]
     block_d = triton.next_power_of_2(d)
     block_r = max(1, min(64, 4096 // block_d))
     warps = 4 if block_d * block_r <= 4096 else 8
