@@ -152,7 +152,6 @@ def test_poolformer_block_fuses_group_norms_and_matches_eager():
         compiled = _matches_eager(PoolFormerBlock(64, groups), [x])
         steps = _generated_steps(compiled)
         assert any(s.layer.attrs["reduction"]["attrs"].get("type") == "group" for s in steps)
-        assert all("reference" in s.timings for s in steps if len(s.timings) > 1)
 
 
 def test_window_attention_fuses_the_bias_into_the_softmax_and_matches_eager():
