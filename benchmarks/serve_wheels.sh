@@ -41,6 +41,10 @@ for item in json.load(open(sys.argv[1]))["install"]:
 EOF
 )
 rm -f "$report"
+# grpcio is on the GPU image already (1.84.0): Ray Serve's grpcio-reflection must be generated for that
+# release, or importing ray.serve raises "generated code depends on grpcio>=1.85.1" there.
+GRPCIO_THERE=${GRPCIO_THERE:-1.84.0}
+needed=$(echo "$needed" | sed "s/^grpcio-reflection==.*/grpcio-reflection==$GRPCIO_THERE/")
 # shellcheck disable=SC2086
 "$PY" -m pip download -q --no-deps "${TARGET[@]}" -d .whl $needed
 
