@@ -71,21 +71,31 @@ class FusedParts:
     out_dtypes: list[torch.dtype]
 
 
-def split_inputs(layer: Layer, inputs: list) -> FusedParts:
+def split_inputs(layer: Layer, inputs: list, run: RunContext) -> FusedParts:
     a = layer.attrs
     prologue = Program.from_json(a["prologue"]) if a.get("prologue") else IDENTITY
     epilogue = Program.from_json(a["epilogue"]) if a.get("epilogue") else IDENTITY
     p, e = prologue.num_inputs, a["reduction"]["num_extras"]
+    prologue_inputs = list(inputs[:p])
+    if a.get("prologue_views"):
+        # A prologue taken across reshapes (optimize/reshaped_prologue.py) reads each input in the reduction's shape.
+        prologue_inputs = [_viewed(t, steps, run) for t, steps in zip(prologue_inputs, a["prologue_views"])]
     return FusedParts(
         a["reduction"]["kind"],
         a["reduction"]["attrs"],
         prologue,
-        list(inputs[:p]),
+        prologue_inputs,
         list(inputs[p : p + e]),
         epilogue,
         list(inputs[p + e :]),
         [dtype_from_name(d) for d in a["out_dtypes"]],
     )
+
+
+def _viewed(t: torch.Tensor, steps: list, run: RunContext) -> torch.Tensor:
+    for broadcast, shape in steps:
+        t = t.expand(run.shape(broadcast)).reshape(run.shape(shape))
+    return t
 
 
 def plain_parts(kind: str, attrs: dict, inputs: list, out_dtype: torch.dtype) -> FusedParts:
@@ -95,7 +105,7 @@ def plain_parts(kind: str, attrs: dict, inputs: list, out_dtype: torch.dtype) ->
 
 @reference("fused_reduction", takes=TAKES)
 def fused_reduction_reference(layer, inputs, run):
-    parts = split_inputs(layer, inputs)
+    parts = split_inputs(layer, inputs, run)
     x, *handed = evaluate(parts.prologue, parts.prologue_inputs, run)
     reduction = Layer(parts.kind, layer.name, [None] * (1 + len(parts.extras)), [""], parts.attrs)
     result = get_tactic(parts.kind, REFERENCE).fn(reduction, [x, *parts.extras], run)
@@ -114,7 +124,7 @@ def fused_reduction_unfused(layer, inputs, run):
     generated pointwise kernels, the reduction on its own best kernel (UNFUSED_MIDDLE, else its reference).
     The builder times this against the one-kernel tactics, so fusing never costs what the separate layers
     ran at, even where a generated reduction kernel is the slower one."""
-    parts = split_inputs(layer, inputs)
+    parts = split_inputs(layer, inputs, run)
     x_dtype, mid_dtype = (dtype_from_name(d) for d in layer.attrs["reduction"]["dtypes"])
     if parts.prologue is IDENTITY:
         x, handed = parts.prologue_inputs[0], []

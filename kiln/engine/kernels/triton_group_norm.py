@@ -60,7 +60,7 @@ def _applies_plain(layer, target) -> bool:
 
 @tactic("fused_reduction", "triton_group_norm", when=_applies_fused, takes=TAKES)
 def fused_group_norm_triton(layer, inputs, run):
-    parts = split_inputs(layer, inputs)
+    parts = split_inputs(layer, inputs, run)
     outs = group_norm(parts, [arena_output(run, i) for i in range(len(parts.out_dtypes))])
     return outs[0] if len(outs) == 1 else tuple(outs)
 

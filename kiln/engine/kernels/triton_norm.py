@@ -116,7 +116,7 @@ def _applies_fused(layer, target) -> bool:
 
 @tactic("fused_reduction", "triton_norm_rows", when=_applies_fused, takes=TAKES)
 def fused_norm_rows_triton(layer, inputs, run):
-    parts = split_inputs(layer, inputs)
+    parts = split_inputs(layer, inputs, run)
     a = parts.attrs
     rms = a["type"] == "rms"
     weight, bias = parts.extras[0], None if rms else parts.extras[1]

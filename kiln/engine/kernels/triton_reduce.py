@@ -71,7 +71,7 @@ def _applies_fused(layer, target) -> bool:
 
 @tactic("fused_reduction", "triton_reduce", when=_applies_fused, takes=TAKES)
 def fused_reduce_triton(layer, inputs, run):
-    parts = split_inputs(layer, inputs)
+    parts = split_inputs(layer, inputs, run)
     outs = reduce(parts, [arena_output(run, i) for i in range(len(parts.out_dtypes))])
     return outs[0] if len(outs) == 1 else tuple(outs)
 

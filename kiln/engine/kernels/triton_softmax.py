@@ -39,7 +39,7 @@ def _applies_fused(layer, target) -> bool:
 
 @tactic("fused_reduction", "triton_softmax_rows", when=_applies_fused, takes=TAKES)
 def fused_softmax_triton(layer, inputs, run):
-    parts = split_inputs(layer, inputs)
+    parts = split_inputs(layer, inputs, run)
     outs = row_softmax(parts, [arena_output(run, i) for i in range(len(parts.out_dtypes))])
     return outs[0] if len(outs) == 1 else tuple(outs)
 

@@ -24,6 +24,7 @@ from kiln.engine.kernels.fused_reduction import has_generated
 from kiln.engine.optimize import OptimizeContext, optimize_pass
 from kiln.engine.optimize.fuse_gemm_epilogue import _with_first
 from kiln.engine.optimize.fuse_pointwise import _fusable, group_program
+from kiln.engine.optimize.reshaped_prologue import reshaped_prologue
 
 # More inputs than this makes a kernel with too many pointer arguments to stay cheap to launch.
 MAX_INPUTS = 12
@@ -64,7 +65,9 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
         # the norm read): the kernel would read what it is writing. Keep the prologue, which saves more.
         epilogue_layer = None
         prologue_layer = _prologue_layer(network, reduction, producer, readers, position, position[reduction.name])
-    if prologue_layer is None and epilogue_layer is None:
+    # Without a direct prologue, one across reshapes (Swin's mask add between two reshapes).
+    chain = reshaped_prologue(network, reduction.inputs[0], producer, readers) if prologue_layer is None else None
+    if prologue_layer is None and chain is None and epilogue_layer is None:
         return None, set()
 
     x = reduction.inputs[0]
@@ -76,6 +79,8 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
         handed = [o for o in made if o in network.outputs or any(r.name not in members for r in readers.get(o, []))]
         number = dict(zip(made, pro_program.outputs))
         pro_program = Program(pro_program.num_inputs, pro_program.ops, (number[x], *(number[o] for o in handed)))
+    elif chain is not None:
+        pro_inputs, views, pro_program, _ = chain
     else:
         pro_inputs, pro_program = [x], None
     result = reduction.outputs[0]
@@ -88,7 +93,7 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
     if len([n for n in inputs if n is not None]) > MAX_INPUTS:
         return None, set()
     outputs = [result, *handed]
-    members = [m for m in (prologue_layer, reduction, epilogue_layer) if m is not None]
+    members = [m for m in (*(chain[3][::-1] if chain else ()), prologue_layer, reduction, epilogue_layer) if m is not None]
     attrs = {
         "reduction": {
             "kind": reduction.kind,
@@ -98,6 +103,7 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
             "dtypes": [dtype_name(network.tensors[n].dtype) for n in (x, reduction.outputs[0])],
         },
         "prologue": pro_program.to_json() if pro_program else None,
+        "prologue_views": views if chain is not None else None,
         "epilogue": epi_program.to_json() if epi_program else None,
         "out_dtypes": [dtype_name(network.tensors[o].dtype) for o in outputs],
         "fused_ops": [op for m in members for op in _ops(m)],

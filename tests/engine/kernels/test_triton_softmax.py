@@ -65,3 +65,39 @@ def test_fused_softmax_matches_the_reference(op, shape, with_epilogue, hand_out)
 def test_long_or_symbolic_rows_are_not_fused():
     net, _ = window_attention_scores("softmax", [2, 3, 9000], False, False)
     assert "softmax" in [m.kind for m in fuse_reduction_layers(fuse_pointwise_groups(net)).layers]
+
+
+@pytest.mark.parametrize("window_batches", [1, 2])
+def test_shifted_window_mask_across_reshapes(window_batches):
+    """Swin's shifted windows: scores + bias, reshaped to split the windows, + mask, reshaped back, softmax:
+    both adds become the softmax's prologue, each input read in the softmax's shape."""
+    torch.manual_seed(window_batches)
+    windows, heads, tokens = 2, 3, 7
+    shape = [window_batches * windows, heads, tokens, tokens]
+    split = [window_batches, windows, heads, tokens, tokens]
+    net = Network()
+    scores = net.add_input("scores", shape, torch.float16)
+    bias = net.add_input("bias", shape[1:], torch.float16)
+    mask = net.add_input("mask", [1, windows, 1, tokens, tokens], torch.float16)
+    (biased,) = net.add_layer("binary", [scores, bias], [(shape, torch.float16)], {"op": "add"})
+    (grouped,) = net.add_layer("reshape", [biased], [(split, torch.float16)], {"shape": split})
+    (masked,) = net.add_layer("binary", [grouped, mask], [(split, torch.float16)], {"op": "add"})
+    (back,) = net.add_layer("reshape", [masked], [(shape, torch.float16)], {"shape": shape})
+    (probs,) = net.add_layer("softmax", [back], [(shape, torch.float16)], {"op": "softmax", "dim": 3, "dtype": None})
+    net.outputs.append(probs.name)
+    values = {
+        "scores": (torch.randn(shape) * 4).half(),
+        "bias": torch.randn(shape[1:]).half(),
+        "mask": torch.where(torch.rand(1, windows, 1, tokens, tokens) < 0.3, -100.0, 0.0).half(),
+    }
+    expected = run(net, values)
+    fused = fuse_reduction_layers(fuse_pointwise_groups(net))
+    assert [m.kind for m in fused.layers] == ["fused_reduction"]
+    layer = fused.layers[0]
+    assert len(layer.attrs["prologue"]["ops"]) == 2 and layer.attrs["prologue_views"]
+    got = run(fused, values)
+    torch.testing.assert_close(got[probs.name], expected[probs.name], rtol=0, atol=0)
+    on_device = [values[n].to(DEVICE) for n in layer.inputs]
+    ref = fused_reduction_reference(layer, [v.float() for v in on_device], RUN)
+    for tactic_fn in (triton_softmax.fused_softmax_triton, fused_reduction_unfused):
+        assert relative_error(tactic_fn(layer, on_device, RUN).float(), ref.float()) < 4e-3
