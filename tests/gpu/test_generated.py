@@ -121,14 +121,21 @@ class PoolFormerBlock(nn.Module):
 class WindowAttention(nn.Module):
     """Swin's attention inside windows: scaled scores plus a relative-position bias, softmax, then values."""
 
-    def __init__(self, heads=3, tokens=49, dim=32):
+    def __init__(self, heads=3, tokens=49, dim=32, shifted_windows=0):
         super().__init__()
         self.bias = nn.Parameter(torch.randn(heads, tokens, tokens))
         self.heads, self.scale = heads, dim**-0.5
+        # Shifted windows: an attention mask per window, added with the windows split out of the batch.
+        mask = torch.where(torch.rand(shifted_windows, tokens, tokens) < 0.3, -100.0, 0.0)
+        self.register_buffer("mask", mask if shifted_windows else None)
 
     def forward(self, q, k, v):
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        return torch.softmax(attn + self.bias, dim=-1) @ v
+        attn = (q * self.scale) @ k.transpose(-2, -1) + self.bias
+        if self.mask is not None:
+            windows, tokens = self.mask.shape[0], self.mask.shape[-1]
+            attn = attn.view(-1, windows, self.heads, tokens, tokens) + self.mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.heads, tokens, tokens)
+        return torch.softmax(attn, dim=-1) @ v
 
 
 def _generated_steps(compiled, kind="fused_reduction"):
@@ -157,9 +164,10 @@ def test_poolformer_block_fuses_group_norms_and_matches_eager():
 def test_window_attention_fuses_the_bias_into_the_softmax_and_matches_eager():
     torch.manual_seed(0)
     q, k, v = (torch.randn(16, 3, 49, 32, device=CUDA) for _ in range(3))
-    compiled = _matches_eager(WindowAttention(), [q, k, v])
-    steps = _generated_steps(compiled)
-    assert steps and steps[0].layer.attrs["reduction"]["kind"] == "softmax"
+    for shifted_windows in (0, 16, 4):  # 4 windows: the mask broadcast over 4 window batches is no view
+        compiled = _matches_eager(WindowAttention(shifted_windows=shifted_windows), [q, k, v])
+        steps = _generated_steps(compiled)
+        assert steps and steps[0].layer.attrs["reduction"]["kind"] == "softmax"
 
 
 def test_generated_reductions_against_their_references_at_model_sizes():
