@@ -79,3 +79,54 @@ def test_a_reader_before_the_reduction_keeps_the_prologue_out():
     kinds = [m.kind for m in fuse_reduction_layers(net).layers]
     # The first norm has two readers (no epilogue) and its input is read before it (no prologue): left alone.
     assert kinds[:3] == ["binary", "unary", "norm"], kinds
+
+
+def _optimized_for_cuda_plan(model, inputs):
+    """The model captured, converted and optimized as a CUDA build would (fusion passes on), then planned on the CPU."""
+    import dataclasses
+
+    from kiln.api import make_settings
+    from kiln.capture.export import capture
+    from kiln.engine.convert import convert_graph
+    from kiln.engine.optimize import optimize_network
+    from kiln.lowering import lower
+    from kiln.partition import partition
+
+    settings = make_settings(model, inputs, {}, enabled_precisions={torch.half}, torch_executed_ops=(), device="cpu", min_block_size=1)
+    with torch.no_grad():
+        captured = capture(model, inputs, {}, settings)
+    parts = partition(lower(captured.graph_module), settings)
+    (block,) = parts.block_names
+    gm = getattr(parts.graph_module, block)
+    network = optimize_network(convert_graph(gm), gm, captured, dataclasses.replace(settings, device=torch.device("cuda")))
+    return network, build_plan(network, settings)
+
+
+@pytest.mark.parametrize("case", ["poolformer", "shifted_windows"])
+def test_real_blocks_fuse_and_their_generated_plans_match(case):
+    """PoolFormer's block and Swin's shifted-window attention, through capture, conversion and the CUDA optimize passes;
+    the plan with every fused layer on its one-kernel tactic, and on triton_unfused, against the reference plan."""
+    from kiln.engine.kernels.registry import BuildTarget, tactics_for
+    from tests.gpu.test_generated import PoolFormerBlock, WindowAttention
+
+    torch.manual_seed(0)
+    if case == "poolformer":
+        model, inputs = PoolFormerBlock(16, 1).eval(), [torch.randn(2, 16, 6, 6)]
+    else:
+        model, inputs = WindowAttention(tokens=9, dim=8, shifted_windows=2).eval(), [torch.randn(4, 3, 9, 8) for _ in range(3)]
+    network, plan = _optimized_for_cuda_plan(model, inputs)
+    fused = [m for m in network.layers if m.kind == "fused_reduction"]
+    assert len(fused) == (4 if case == "poolformer" else 1)
+    values = [x.half().contiguous(memory_format=torch.channels_last) if x.dim() == 4 and case == "poolformer" else x.half() for x in inputs]
+    (expected,) = PlanExecutor(plan).run(values, torch.zeros(plan.arena.size, dtype=torch.uint8))
+    cuda = BuildTarget(torch.device("cuda"), torch.float16)
+    for one_kernel in (True, False):
+        steps = []
+        for step in plan.steps:
+            if step.layer.kind == "fused_reduction":
+                names = [t.name for t in tactics_for(step.layer, cuda) if t.name not in ("reference", "triton_unfused")]
+                step = Step(step.layer, names[0] if one_kernel else "triton_unfused")
+            steps.append(step)
+        plan.steps = steps
+        (got,) = PlanExecutor(plan).run(values, torch.zeros(plan.arena.size, dtype=torch.uint8))
+        assert relative_error(got.float(), expected.float()) < 4e-3
