@@ -60,7 +60,8 @@ def validate(module: CompiledModule, request: Request) -> None:
             f"the model takes {len(specs)} input(s) ({', '.join(s.describe() for s in specs)}); the request has {len(request.tensors)}."
         )
     for i, (value, spec) in enumerate(zip(request.tensors, specs)):
-        check_input(value, spec, i, module.device)
+        # Requests are decoded on the CPU and run_batch moves them to the engine's device: only their own device counts.
+        check_input(value, spec, i, value.device)
 
 
 def call(module: CompiledModule, tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -85,3 +85,16 @@ def test_codec_refuses_what_it_cannot_read(compiled):
     np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(codec.RequestError):
         codec.decode(buffer.getvalue(), codec.NPY, compiled.input_specs)
+
+
+def test_a_request_decoded_on_the_cpu_is_valid_for_an_engine_on_the_gpu():
+    # The H100 run answered every request with HTTP 400: validation compared the CPU-decoded tensor's device with
+    # the engine's (cuda), though run_batch moves requests there. Shapes and dtypes are still checked.
+    from types import SimpleNamespace
+
+    from kiln.serve.batching import validate
+
+    engine = SimpleNamespace(input_specs=[kiln.Input(min_shape=(1, 4), opt_shape=(2, 4), max_shape=(8, 4))], device=torch.device("cuda"))
+    validate(engine, Request([torch.randn(2, 4)]))
+    with pytest.raises(InputMismatchError, match="shape|dimension|range"):
+        validate(engine, Request([torch.randn(2, 5)]))
