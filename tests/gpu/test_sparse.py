@@ -109,14 +109,16 @@ def _h(*shape):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_a_bert_ffn_gemm_with_a_bias_gets_a_searched_algorithm_without_harming_the_process(dtype):
+def test_a_bert_ffn_gemm_with_a_bias_is_chosen_in_a_child_without_harming_the_process(dtype):
     """FP16 with a bias and a transposed result is the search that failed on the H100 (cuSPARSELt 0.8.0) and poisoned
     the context: the choice is made in a child process, and this process keeps working whatever happened there."""
     torch.manual_seed(0)
     x, b = torch.randn(16384, 1024, device=CUDA, dtype=dtype), torch.randn(4096, device=CUDA, dtype=dtype)
     sparse, layer, args, ref = _check_tactic(Layer("linear", "l", ["x", "w", "b"], ["y"]), [x, _pruned(4096, 1024, dtype=dtype), b], dtype)
     info = layer.attrs[SPARSE_ATTR]
-    assert info["cslt_choice"].startswith("searched"), info["cslt_choice"]  # the algorithm choice is kept
+    # On the H100 (cuSPARSELt 0.8.0) every FP16 search with a transposed result fails in the child, so FP16 gets the
+    # default algorithm there (docs/benchmarks/2026-11-25-h100-session2); whatever the child chose ran correctly there.
+    assert info["cslt_choice"].startswith(("searched", "default")), info["cslt_choice"]
     assert torch.isfinite(x[:64].float() @ x[:64].float().t()).all()  # later CUDA work still runs here
 
 
