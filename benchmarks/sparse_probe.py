@@ -29,7 +29,7 @@ W [N, K] pruned 2:4, x [M, K], b [N], the variants are:
 - sweep_T_bias: every algorithm id, transpose_result=True with b fused, timed; an id that breaks the
   child is marked and the sweep goes on after it.
 
-Times are GPU times per call inside a CUDA graph (REPS calls captured, replayed ROUNDS times, median),
+Times are GPU times per call inside a CUDA graph, measured by the builder's own timing.time_in_graph,
 as Kiln's builder times tactics. Errors are against F.linear in FP32 on the same pruned operands.
 Writes probe.json and probe.md under --out; the table is printed as it fills.
 """
@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -62,7 +61,6 @@ VARIANTS = [
 ]
 # Searches that failed (FP16, search with bias and transposed result) or were never tried on the H100.
 RISKY = ["search_T_splitk", "search_F_bias", "search_T_bias"]
-REPS, ROUNDS = 10, 7
 MAX_SWEEP = 64  # algorithm ids beyond cuSPARSELt's max are refused cleanly; this bounds the loop anyway
 
 
@@ -81,27 +79,12 @@ def _child(jobs: list[dict]) -> None:
         print(f"{kind} {json.dumps(payload)}", flush=True)
 
     def graph_ms(fn) -> float:
+        # Kiln's builder's own measure, so the probe's numbers are the ones the builder would see.
+        from kiln.engine.builder.timing import time_in_graph
+
         fn()
         torch.cuda.synchronize()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(REPS):
-                fn()
-        graph.replay()
-        times = []
-        for _ in range(ROUNDS):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / REPS)
-        return statistics.median(times)
+        return time_in_graph(fn)
 
     def operands(shape, dtype_name):
         key = (shape, dtype_name)

@@ -43,7 +43,7 @@ def time_on_gpu(fn: Callable[[], object]) -> float:
     fn()  # first call: cuDNN/cuBLAS algorithm search, lazy module loads
     torch.cuda.synchronize()
     try:
-        return _time_graph(fn)
+        return time_in_graph(fn)
     except torch.cuda.OutOfMemoryError:
         raise  # out of memory eagerly too: the builder turns it into one clear error
     except RuntimeError:
@@ -51,7 +51,8 @@ def time_on_gpu(fn: Callable[[], object]) -> float:
         return _time_eager(fn)
 
 
-def _time_graph(fn) -> float:
+def time_in_graph(fn) -> float:
+    """Median milliseconds of one call of `fn` replayed from a CUDA graph (REPS calls, ROUNDS replays); raises if it cannot be captured."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
