@@ -75,8 +75,8 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
     handed: list[str] = []
     if prologue_layer is not None:
         pro_inputs, pro_program, made = _prologue_program(network, prologue_layer)
-        members = {reduction.name} | ({epilogue_layer.name} if epilogue_layer else set())
-        handed = [o for o in made if o in network.outputs or any(r.name not in members for r in readers.get(o, []))]
+        inside = {reduction.name} | ({epilogue_layer.name} if epilogue_layer else set())
+        handed = [o for o in made if o in network.outputs or any(r.name not in inside for r in readers.get(o, []))]
         number = dict(zip(made, pro_program.outputs))
         pro_program = Program(pro_program.num_inputs, pro_program.ops, (number[x], *(number[o] for o in handed)))
     elif chain is not None:
