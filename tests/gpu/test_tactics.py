@@ -62,6 +62,16 @@ CASES = {
     ),
     "linear": (Layer("linear", "l", ["x", "w", "b"], ["y"]), lambda: [_h(2, 50, 64), _h(96, 64) * 0.1, _h(96)]),
     "binary_add": (Layer("binary", "a", ["x", "y"], ["z"], {"op": "add"}), lambda: [_h(2, 8, 5, 5), _h(2, 8, 1, 1)]),
+    "max_pool_3x3_s2_nhwc": (
+        Layer("pool", "p", ["x"], ["y"], {"op": "max", "kernel": [3, 3], "stride": [2, 2], "padding": [1, 1], "dilation": [1, 1],
+                                          "ceil_mode": False}),
+        lambda: [_h(8, 64, 56, 56).to(memory_format=torch.channels_last)],
+    ),  # fmt: skip
+    "avg_pool_3x3_s1_nhwc": (
+        Layer("pool", "p", ["x"], ["y"], {"op": "avg", "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "ceil_mode": False,
+                                          "count_include_pad": False, "divisor_override": None}),
+        lambda: [_h(8, 64, 56, 56).to(memory_format=torch.channels_last)],
+    ),  # fmt: skip
     "attention": (
         Layer("attention", "s", ["q", "k", "v", None], ["o"], {"is_causal": False, "scale": None, "enable_gqa": False}),
         lambda: [_h(2, 4, 50, 64), _h(2, 4, 50, 64), _h(2, 4, 50, 64), None],

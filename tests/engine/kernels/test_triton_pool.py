@@ -1,0 +1,55 @@
+"""The Triton NHWC pooling kernel against the pool reference (Triton's interpreter on a CPU)."""
+
+import pytest
+import torch
+
+from kiln.engine.ir.network import Layer
+from kiln.engine.kernels import triton_pool
+from kiln.engine.kernels.pool import pool_reference
+from kiln.engine.kernels.registry import RunContext
+
+pytestmark = pytest.mark.skipif(triton_pool.triton is None, reason="Triton is not installed")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+RUN = RunContext({})
+
+
+def _max(kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
+    return {"op": "max", "kernel": list(kernel), "stride": list(stride), "padding": list(padding), "dilation": list(dilation),
+            "ceil_mode": ceil_mode}  # fmt: skip
+
+
+def _avg(kernel, stride, padding, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    return {"op": "avg", "kernel": list(kernel), "stride": list(stride), "padding": list(padding), "ceil_mode": ceil_mode,
+            "count_include_pad": count_include_pad, "divisor_override": divisor_override}  # fmt: skip
+
+
+CASES = {
+    "resnet_stem_max_3x3_s2": ((2, 24, 11, 11), _max((3, 3), (2, 2), (1, 1))),
+    "max_dilated_ceil": ((1, 40, 9, 10), _max((3, 2), (2, 2), (1, 0), (2, 1), ceil_mode=True)),
+    "max_2x2_odd_channels": ((2, 70, 7, 6), _max((2, 2), (2, 2), (0, 0))),
+    "poolformer_avg_3x3_s1_exclude_pad": ((2, 33, 7, 7), _avg((3, 3), (1, 1), (1, 1), count_include_pad=False)),
+    "avg_include_pad_ceil": ((1, 16, 8, 9), _avg((3, 3), (2, 2), (1, 1), ceil_mode=True)),
+    "avg_divisor_override": ((2, 8, 6, 6), _avg((2, 3), (2, 1), (1, 1), divisor_override=5)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_the_reference(case, dtype):
+    shape, attrs = CASES[case]
+    torch.manual_seed(len(case))
+    x = torch.randn(shape, device=DEVICE).to(dtype).contiguous(memory_format=torch.channels_last)
+    layer = Layer("pool", "p", ["x"], ["y"], attrs)
+    ref = pool_reference(layer, [x.float()], RUN)
+    out = triton_pool.pool_triton(layer, [x], RUN)
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert out.permute(0, 2, 3, 1).is_contiguous()  # NHWC, like its input
+    torch.testing.assert_close(out.float(), ref, atol=2e-3 if dtype == torch.float16 else 1e-5, rtol=1e-3)
+
+
+def test_declines_what_it_was_not_written_for():
+    layer = Layer("pool", "p", ["x"], ["y"], _max((3, 3), (2, 2), (1, 1)))
+    with pytest.raises(ValueError, match="channels-last"):
+        triton_pool.pool_triton(layer, [torch.randn(1, 8, 6, 6, device=DEVICE)], RUN)  # NCHW memory
+    with pytest.raises(ValueError, match="floating"):
+        triton_pool.pool_triton(layer, [torch.ones(1, 8, 6, 6, dtype=torch.int32, device=DEVICE)], RUN)
