@@ -53,3 +53,35 @@ def test_declines_what_it_was_not_written_for():
         triton_pool.pool_triton(layer, [torch.randn(1, 8, 6, 6, device=DEVICE)], RUN)  # NCHW memory
     with pytest.raises(ValueError, match="floating"):
         triton_pool.pool_triton(layer, [torch.ones(1, 8, 6, 6, dtype=torch.int32, device=DEVICE)], RUN)
+
+
+def test_in_a_whole_channels_last_plan_it_gives_the_reference_plans_answer():
+    """A ResNet stem (conv, relu, 3x3/2 max pool) and a PoolFormer token mixer (avg pool - x), built on the CPU with
+    channels-last arena buffers, then run again with the Triton pools swapped in."""
+    from kiln.engine.builder.build import build_plan
+    from kiln.engine.ir.network import Network
+    from kiln.engine.optimize.layout import mark_channels_last
+    from kiln.engine.plan import Step
+    from kiln.engine.runtime import PlanExecutor
+    from kiln.settings import CompileSettings
+
+    torch.manual_seed(0)
+    f16 = torch.float16
+    net = Network()
+    x = net.add_input("x", [2, 3, 16, 16], f16)
+    w = net.add_constant("w", (torch.randn(16, 3, 3, 3) * 0.3).half())
+    conv = {"stride": [2, 2], "padding": [1, 1], "dilation": [1, 1], "transposed": False, "output_padding": [0, 0], "groups": 1}
+    (y,) = net.add_layer("conv", [x, w, None], [([2, 16, 8, 8], f16)], conv)
+    (y,) = net.add_layer("unary", [y], [([2, 16, 8, 8], f16)], {"op": "relu"})
+    (y,) = net.add_layer("pool", [y], [([2, 16, 4, 4], f16)], _max((3, 3), (2, 2), (1, 1)))
+    (p,) = net.add_layer("pool", [y], [([2, 16, 4, 4], f16)], _avg((3, 3), (1, 1), (1, 1), count_include_pad=False))
+    (z,) = net.add_layer("binary", [p, y], [([2, 16, 4, 4], f16)], {"op": "sub"})
+    net.outputs.append(z.name)
+    mark_channels_last(net)
+    plan = build_plan(net, CompileSettings())
+    inputs = [torch.randn(2, 3, 16, 16).half().contiguous(memory_format=torch.channels_last)]
+    (expected,) = PlanExecutor(plan).run(inputs, torch.zeros(plan.arena.size, dtype=torch.uint8))
+    plan.steps = [Step(s.layer, "triton_pool_nhwc") if s.layer.kind == "pool" else s for s in plan.steps]
+    assert sum(s.tactic == "triton_pool_nhwc" for s in plan.steps) == 2
+    (got,) = PlanExecutor(plan).run(inputs, torch.zeros(plan.arena.size, dtype=torch.uint8))
+    torch.testing.assert_close(got.float(), expected.float(), atol=2e-3, rtol=1e-3)
