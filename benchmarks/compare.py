@@ -201,8 +201,12 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
     with torch.inference_mode():
         ref = model(*(x if isinstance(x, tuple) else (x,))).float()
     rows = []
+    fn = info = compiled = out = None
     for mode in modes:
-        # Leave nothing of the previous mode (torch.compile's CUDA-graph pools included) in the baseline.
+        # Leave nothing of the previous mode (torch.compile's CUDA-graph pools included) in the baseline. Its
+        # compiled function was still bound to `fn` here, so the baseline held it, and the next mode's "held"
+        # went negative once rebinding `fn` freed it (peer held -348 to -1496 MB in the 2026-11-25 H100 run).
+        fn = info = compiled = out = None
         torch._dynamo.reset()
         gc.collect()
         torch.cuda.empty_cache()
