@@ -92,6 +92,13 @@ def split_inputs(layer: Layer, inputs: list, run: RunContext) -> FusedParts:
     )
 
 
+def run_parts(layer: Layer, inputs: list, run: RunContext, compute: Callable[[FusedParts, list], list[torch.Tensor]]):
+    """A generated tactic's body: split the fused layer's inputs, compute into the arena's buffers, return as the layer does."""
+    parts = split_inputs(layer, inputs, run)
+    outs = compute(parts, [arena_output(run, i) for i in range(len(parts.out_dtypes))])
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
 def _viewed(t: torch.Tensor, steps: list, run: RunContext) -> torch.Tensor:
     for broadcast, shape in steps:
         t = t.expand(run.shape(broadcast)).reshape(run.shape(shape))

@@ -26,7 +26,7 @@ import torch
 from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.kernels.codegen.strided import HEADER, dtypes_comment, emit_loaded, store, stride_params
 from kiln.engine.kernels.codegen.triton_source import load_kernel
-from kiln.engine.kernels.fused_reduction import IDENTITY, TAKES, UNFUSED_MIDDLE, FusedParts, generated_reduction, plain_parts, split_inputs
+from kiln.engine.kernels.fused_reduction import IDENTITY, TAKES, UNFUSED_MIDDLE, FusedParts, generated_reduction, plain_parts, run_parts
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.runtime.executor import arena_output
 
@@ -60,9 +60,7 @@ def _applies_plain(layer, target) -> bool:
 
 @tactic("fused_reduction", "triton_group_norm", when=_applies_fused, takes=TAKES)
 def fused_group_norm_triton(layer, inputs, run):
-    parts = split_inputs(layer, inputs, run)
-    outs = group_norm(parts, [arena_output(run, i) for i in range(len(parts.out_dtypes))])
-    return outs[0] if len(outs) == 1 else tuple(outs)
+    return run_parts(layer, inputs, run, group_norm)
 
 
 @tactic("norm", "triton_groups", when=_applies_plain)

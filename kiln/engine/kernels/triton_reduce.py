@@ -21,9 +21,8 @@ import torch
 from kiln.engine.kernels.codegen.program import FLOAT_DTYPES
 from kiln.engine.kernels.codegen.strided import HEADER, dtypes_comment, emit_loaded, expanded_strides, store, stride_params
 from kiln.engine.kernels.codegen.triton_source import load_kernel
-from kiln.engine.kernels.fused_reduction import TAKES, FusedParts, generated_reduction, split_inputs
+from kiln.engine.kernels.fused_reduction import TAKES, FusedParts, generated_reduction, run_parts
 from kiln.engine.kernels.registry import tactic
-from kiln.engine.runtime.executor import arena_output
 
 try:
     import triton
@@ -71,9 +70,7 @@ def _applies_fused(layer, target) -> bool:
 
 @tactic("fused_reduction", "triton_reduce", when=_applies_fused, takes=TAKES)
 def fused_reduce_triton(layer, inputs, run):
-    parts = split_inputs(layer, inputs, run)
-    outs = reduce(parts, [arena_output(run, i) for i in range(len(parts.out_dtypes))])
-    return outs[0] if len(outs) == 1 else tuple(outs)
+    return run_parts(layer, inputs, run, reduce)
 
 
 def reduce(parts: FusedParts, planned: list) -> list[torch.Tensor]:

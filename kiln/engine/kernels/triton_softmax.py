@@ -14,9 +14,8 @@ import torch
 
 from kiln.engine.kernels.codegen.rows import MAX_ROW, row_kernel_source, run_rows
 from kiln.engine.kernels.codegen.triton_source import load_kernel
-from kiln.engine.kernels.fused_reduction import TAKES, FusedParts, generated_reduction, split_inputs
+from kiln.engine.kernels.fused_reduction import TAKES, FusedParts, generated_reduction, run_parts
 from kiln.engine.kernels.registry import tactic
-from kiln.engine.runtime.executor import arena_output
 
 try:
     import triton
@@ -39,9 +38,7 @@ def _applies_fused(layer, target) -> bool:
 
 @tactic("fused_reduction", "triton_softmax_rows", when=_applies_fused, takes=TAKES)
 def fused_softmax_triton(layer, inputs, run):
-    parts = split_inputs(layer, inputs, run)
-    outs = row_softmax(parts, [arena_output(run, i) for i in range(len(parts.out_dtypes))])
-    return outs[0] if len(outs) == 1 else tuple(outs)
+    return run_parts(layer, inputs, run, row_softmax)
 
 
 def row_softmax(parts: FusedParts, planned: list) -> list[torch.Tensor]:
