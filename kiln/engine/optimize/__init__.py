@@ -27,6 +27,23 @@ def optimize_pass(fn):
     return fn
 
 
+def cuda_pass(name: str):
+    """Register `fn(network) -> network` as the pass `name`, run on CUDA builds only.
+
+    The fusions exist for GPU tactics; on the CPU the reference tactics run the layers as converted.
+    `fn` itself is returned unchanged: device-independent, so tests run it on CPU-built networks."""
+
+    def register(fn):
+        def on_cuda_only(network: Network, ctx: OptimizeContext) -> Network:
+            return fn(network) if ctx.settings.device.type == "cuda" else network
+
+        on_cuda_only.__name__ = name
+        optimize_pass(on_cuda_only)
+        return fn
+
+    return register
+
+
 def optimize_network(network: Network, block, captured, settings: CompileSettings) -> Network:
     ctx = OptimizeContext(settings, block, captured)
     for network_pass in OPTIMIZE_PASSES:

@@ -17,19 +17,13 @@ from __future__ import annotations
 
 from kiln.engine.ir.network import Layer, Network
 from kiln.engine.kernels.codegen.program import Program
-from kiln.engine.optimize import OptimizeContext, optimize_pass
+from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_pointwise import _fusable, group_program
 
 GEMM_KINDS = frozenset({"linear"})
 
 
-@optimize_pass
-def fuse_gemm_epilogues(network: Network, ctx: OptimizeContext) -> Network:
-    if ctx.settings.device.type != "cuda":
-        return network
-    return fuse_gemm_epilogue_layers(network)
-
-
+@cuda_pass("fuse_gemm_epilogues")
 def fuse_gemm_epilogue_layers(network: Network) -> Network:
     readers = network.consumers()
     outputs = set(network.outputs)

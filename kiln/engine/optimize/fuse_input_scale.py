@@ -17,18 +17,12 @@ dtype is final) and before pointwise fusion (which would otherwise take the mult
 from __future__ import annotations
 
 from kiln.engine.ir.network import Layer, Network
-from kiln.engine.optimize import OptimizeContext, optimize_pass
+from kiln.engine.optimize import cuda_pass
 
 CONVS = frozenset({"conv", "conv_epilogue"})
 
 
-@optimize_pass
-def fuse_input_scale(network: Network, ctx: OptimizeContext) -> Network:
-    if ctx.settings.device.type != "cuda":
-        return network
-    return fuse_input_scales(network)
-
-
+@cuda_pass("fuse_input_scale")
 def fuse_input_scales(network: Network) -> Network:
     readers = network.consumers()
     gone: set[str] = set()

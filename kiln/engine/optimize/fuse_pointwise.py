@@ -27,21 +27,14 @@ from kiln.engine.ir.dtypes import dtype_name
 from kiln.engine.ir.network import Layer, Network
 from kiln.engine.ir.symbolic import Dim
 from kiln.engine.kernels.codegen.program import OP_KINDS, VALUE_DTYPES, Program, is_generatable
-from kiln.engine.optimize import OptimizeContext, optimize_pass
+from kiln.engine.optimize import cuda_pass
 
 MAX_OPS = 32
 MAX_INPUTS = 8
 
 
-@optimize_pass
-def fuse_pointwise(network: Network, ctx: OptimizeContext) -> Network:
-    if ctx.settings.device.type != "cuda":
-        return network
-    return fuse_pointwise_groups(network)
-
-
+@cuda_pass("fuse_pointwise")
 def fuse_pointwise_groups(network: Network) -> Network:
-    """The pass itself, device-independent (tests run it on CPU-built networks)."""
     groups = _find_groups(network)
     if not groups:
         return network

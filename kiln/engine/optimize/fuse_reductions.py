@@ -21,7 +21,7 @@ from kiln.engine.ir.dtypes import dtype_name
 from kiln.engine.ir.network import Layer, Network
 from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.kernels.fused_reduction import has_generated
-from kiln.engine.optimize import OptimizeContext, optimize_pass
+from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_gemm_epilogue import _with_first
 from kiln.engine.optimize.fuse_pointwise import _fusable, group_program
 from kiln.engine.optimize.reshaped_prologue import reshaped_prologue
@@ -30,15 +30,8 @@ from kiln.engine.optimize.reshaped_prologue import reshaped_prologue
 MAX_INPUTS = 12
 
 
-@optimize_pass
-def fuse_reductions(network: Network, ctx: OptimizeContext) -> Network:
-    if ctx.settings.device.type != "cuda":
-        return network
-    return fuse_reduction_layers(network)
-
-
+@cuda_pass("fuse_reductions")
 def fuse_reduction_layers(network: Network) -> Network:
-    """The pass itself, device-independent (tests run it on CPU-built networks)."""
     for name in [layer.name for layer in network.layers]:
         layer = next((m for m in network.layers if m.name == name), None)
         if layer is None or len(layer.outputs) != 1 or layer.inputs[0] is None:
