@@ -235,6 +235,21 @@ class PreparedWeights:
             self._prepared[key] = dict(tactic.prepare(layer, own)) if own else {}
         return self._prepared[key]
 
+    def inputs_for(self, layer: Layer, tactic: Tactic, activation: Callable[[str], torch.Tensor]) -> list:
+        """The layer's inputs for `tactic`: its prepared weights, the other weights, and `activation(name)` for the rest."""
+        prepared = self.for_tactic(layer, tactic)
+        out = []
+        for n in layer.inputs:
+            if n is None:
+                out.append(None)
+            elif n in prepared:
+                out.append(prepared[n])
+            elif n in self.values:
+                out.append(self.values[n])
+            else:
+                out.append(activation(n))
+        return out
+
     def apply(self, layer: Layer, tactic: Tactic) -> Layer:
         """A copy of `layer` that reads the weights prepared for `tactic`."""
         changed = self.for_tactic(layer, tactic)
@@ -355,18 +370,7 @@ class LayerTuner:
                     self.last_use[n] = i
 
     def _inputs(self, layer: Layer, tactic: Tactic) -> list:
-        prepared = self.weights.for_tactic(layer, tactic) if tactic.prepare is not None else {}
-        out = []
-        for n in layer.inputs:
-            if n is None:
-                out.append(None)
-            elif n in prepared:
-                out.append(prepared[n])
-            elif n in self.values:
-                out.append(self.values[n])
-            else:
-                out.append(self.weights.values[n])
-        return out
+        return self.weights.inputs_for(layer, tactic, self.values.__getitem__)
 
     def _where(self, layer: Layer, tactic: Tactic, doing: str) -> str:
         shape = f" at shape {dict(self.run_context.symbols)}" if self.run_context.symbols else ""

@@ -61,31 +61,21 @@ def precompile(network: Network, weights, point: dict[str, int], target: BuildTa
         layer, tactic = job
         try:
             with torch.no_grad(), own_stream(device):
-                inputs = []
-                for n in layer.inputs:
-                    if n is None:
-                        inputs.append(None)
-                    elif n in prepared[layer.name, tactic.name]:
-                        inputs.append(prepared[layer.name, tactic.name][n])
-                    elif n in weights.values:
-                        inputs.append(weights.values[n])
-                    else:
-                        inputs.append(make_input(network.tensors[n], run))
-                tactic.fn(layer, inputs, run)
+                tactic.fn(layer, weights.inputs_for(layer, tactic, lambda n: make_input(network.tensors[n], run)), run)
         except Exception as exc:  # noqa: BLE001 -- the serial timing loop runs it again and reports why
             failures.append((layer.name, tactic.name, exc))
         finally:
             if progress is not None:
                 progress.update(1)
 
-    # Prepared weights outlive the jobs: made here, on the build's stream, not on a job's own.
-    prepared, failures = {}, []
+    # Prepared weights outlive the jobs: made here, on the build's stream (and cached), not on a job's own.
+    failures, declined = [], set()
     for layer, tactic in jobs:
         try:
-            prepared[layer.name, tactic.name] = weights.for_tactic(layer, tactic)
+            weights.for_tactic(layer, tactic)
         except Exception:  # noqa: BLE001 -- a tactic declining this layer; timing skips it again
-            prepared[layer.name, tactic.name] = None
-    jobs = [job for job in jobs if prepared[job[0].name, job[1].name] is not None]
+            declined.add((layer.name, tactic.name))
+    jobs = [job for job in jobs if (job[0].name, job[1].name) not in declined]
     workers = min(MAX_WORKERS, os.cpu_count() or 1, len(jobs))
     with ThreadPoolExecutor(workers, thread_name_prefix="kiln-precompile") as pool:
         list(pool.map(run_once, jobs))
