@@ -62,3 +62,31 @@ class Lambda(torch.nn.Module):
 
     def forward(self, *args):
         return self.fn(*args, *self.params)
+
+
+def compile_for_sm90(fn, constants: dict, argument_type) -> None:
+    """A @triton.jit function through ptxas for an H100 (sm_90), without a GPU: `constants` gives its constexprs,
+    `argument_type(name)` the Triton type of each other argument ("*fp16", "i32", "fp32"...)."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {p: "constexpr" if p in constants else argument_type(p) for p in inspect.signature(fn.fn).parameters}
+    triton.compile(ASTSource(fn, signature, constants), target=GPUTarget("cuda", 90, 32))
+
+
+def run_outside_the_interpreter(module: str, tmp_path) -> None:
+    """`python -m module` in a process of its own, without TRITON_INTERPRET (which tests/conftest.py sets on a CPU, and
+    under which tl's functions run as numpy), with fresh Triton and Kiln caches; fails with its stderr."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(tmp_path), KILN_CACHE_DIR=str(tmp_path))
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", module], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-4000:]

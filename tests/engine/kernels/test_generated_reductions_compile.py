@@ -7,10 +7,6 @@ value); compiling through ptxas here catches those before a GPU run does.
 """
 
 import inspect
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,11 +15,12 @@ from kiln.engine.kernels import triton_group_norm, triton_norm, triton_reduce
 from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.kernels.codegen.triton_source import load_kernel
 from kiln.engine.kernels.fused_reduction import IDENTITY
+from tests.helpers import compile_for_sm90, run_outside_the_interpreter
 
 triton = pytest.importorskip("triton")
 try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from triton.backends.compiler import GPUTarget  # noqa: F401  (what tests.helpers.compile_for_sm90 needs)
+    from triton.compiler import ASTSource  # noqa: F401
     from triton.runtime.jit import JITFunction
 except ImportError:  # pragma: no cover - an older Triton
     pytest.skip("this Triton cannot compile ahead of time", allow_module_level=True)
@@ -57,22 +54,12 @@ def compile_all() -> None:
     for source, name in SOURCES.values():
         loaded = load_kernel(source, name)
         fn = loaded if isinstance(loaded, JITFunction) else JITFunction(loaded.fn)
-        signature, constants = {}, {}
-        for p in inspect.signature(fn.fn).parameters.values():
-            if "constexpr" in str(p.annotation):
-                signature[p.name], constants[p.name] = "constexpr", BLOCKS[p.name]
-            else:
-                signature[p.name] = _argument_type(p.name)
-        triton.compile(ASTSource(fn, signature, constants), target=GPUTarget("cuda", 90, 32))
+        constexprs = [p.name for p in inspect.signature(fn.fn).parameters.values() if "constexpr" in str(p.annotation)]
+        compile_for_sm90(fn, {p: BLOCKS[p] for p in constexprs}, _argument_type)
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):
-    # Its own process: under TRITON_INTERPRET (set by tests/conftest.py on a CPU) tl's functions run as numpy.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_CACHE_DIR=str(tmp_path), KILN_CACHE_DIR=str(tmp_path))
-    root = Path(__file__).resolve().parents[3]
-    done = subprocess.run([sys.executable, "-m", __name__], cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_outside_the_interpreter(__name__, tmp_path)
 
 
 if __name__ == "__main__":

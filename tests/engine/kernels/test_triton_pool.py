@@ -87,39 +87,23 @@ def test_in_a_whole_channels_last_plan_it_gives_the_reference_plans_answer():
     torch.testing.assert_close(got.float(), expected.float(), atol=2e-3, rtol=1e-3)
 
 
-def compile_for_sm90() -> None:
+def compile_both_kinds() -> None:
     """Both kinds (max, average) through ptxas for an H100: the interpreter accepts programs the compiler refuses."""
-    import inspect
+    from tests.helpers import compile_for_sm90
 
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    fn = triton_pool._pool_nhwc
     for is_max in (True, False):
         constants = {"KH": 3, "KW": 3, "IS_MAX": is_max, "INCLUDE_PAD": False, "HAS_DIVISOR": False, "BLOCK_P": 32, "BLOCK_C": 64}
-        signature = {}
-        for p in inspect.signature(fn.fn).parameters.values():
-            if p.name in constants:
-                signature[p.name] = "constexpr"
-            else:
-                signature[p.name] = "*fp16" if p.name.endswith("_ptr") else "fp32" if p.name == "divisor" else "i32"
-        triton_pool.triton.compile(ASTSource(fn, signature, constants), target=GPUTarget("cuda", 90, 32))
+        compile_for_sm90(
+            triton_pool._pool_nhwc, constants, lambda name: "*fp16" if name.endswith("_ptr") else "fp32" if name == "divisor" else "i32"
+        )
 
 
 def test_compiles_for_sm90(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.helpers import run_outside_the_interpreter
 
     pytest.importorskip("triton.compiler")
-    # Its own process: under TRITON_INTERPRET (set by tests/conftest.py on a CPU) tl's functions run as numpy.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_CACHE_DIR=str(tmp_path), KILN_CACHE_DIR=str(tmp_path))
-    root = Path(__file__).resolve().parents[3]
-    done = subprocess.run([sys.executable, "-m", __name__], cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_outside_the_interpreter(__name__, tmp_path)
 
 
 if __name__ == "__main__":
-    compile_for_sm90()
+    compile_both_kinds()
