@@ -61,7 +61,7 @@ class AccuracyGuard:
         result = GuardResult(error=full_error, error_all_quantized=full_error)
         if full_error <= budget:
             return result
-        if self.spec.residuals_in_8_bits and not self.spec.explicit:
+        if self.spec.quantizes_residuals:
             # Residuals in float first: dropping that one choice costs less speed than dropping layers.
             eight_bit_residuals, self.spec = self.spec, replace(self.spec, residuals_in_8_bits=False)
             error, float_quantized = self.error({})

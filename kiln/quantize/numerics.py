@@ -67,9 +67,14 @@ def per_channel_weight(w: torch.Tensor, axis: int, qdtype: str) -> tuple[torch.T
 
 def channel_scale(w_scale: torch.Tensor, x_scale: float) -> torch.Tensor:
     """w_scale[c] * x_scale in FP32, the per-output-channel factor of the epilogue (kernels compute it the same way)."""
-    # x_scale rounded to FP32 first: the product is then one FP32 rounding, as in the kernels. A Python
-    # scalar (not a new device tensor) keeps this free of host-to-device copies inside CUDA-graph capture.
-    return w_scale.float() * float(torch.tensor(x_scale, dtype=torch.float32))
+    # x_scale rounded to FP32 first: the product is then one FP32 rounding, as in the kernels.
+    return w_scale.float() * as_fp32(x_scale)
+
+
+def as_fp32(value: float) -> float:
+    """`value` rounded to FP32, as a kernel's float argument is. A Python scalar (not a new device tensor) keeps
+    the references free of host-to-device copies inside CUDA-graph capture."""
+    return float(torch.tensor(value, dtype=torch.float32))
 
 
 def finish(acc: torch.Tensor, attrs: dict, channel_dim: int, bias, residual, w_scale: torch.Tensor, activation_fn) -> torch.Tensor:
@@ -81,7 +86,7 @@ def finish(acc: torch.Tensor, attrs: dict, channel_dim: int, bias, residual, w_s
         y = y + bias.float().view(shape)
     if residual is not None:
         if "res_scale" in attrs:  # an 8-bit residual (placement._requantize_outputs): dequantized in FP32, as the kernels do
-            residual = (residual.float() - attrs.get("res_zero_point", 0)) * float(torch.tensor(attrs["res_scale"], dtype=torch.float32))
+            residual = (residual.float() - attrs.get("res_zero_point", 0)) * as_fp32(attrs["res_scale"])
         y = y + residual.float()
     if attrs.get("activation") is not None:
         y = activation_fn(attrs["activation"], y, attrs.get("activation_attrs", {}))

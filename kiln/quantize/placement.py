@@ -57,6 +57,11 @@ class QuantSpec:
     # accuracy guard turns it off when that alone breaks the error budget.
     residuals_in_8_bits: bool = True
 
+    @property
+    def quantizes_residuals(self) -> bool:
+        """Residual adds may read 8 bits: calibrated specs only (a QAT/PT2E graph says itself what it quantizes)."""
+        return self.residuals_in_8_bits and not self.explicit
+
 
 def activation_inputs(layer: Layer, network: Network) -> list[str]:
     """The inputs of a candidate layer that are activations (quantized per tensor)."""
@@ -198,7 +203,7 @@ def quantize_network(network: Network, spec: QuantSpec, keep: dict[str, str], fl
         q.attrs["out_dtype"] = q.attrs["dtype"] = dtype_name(dtype)
     # Fake-quantize layers whose readers all became 8-bit go first, so they do not count as float readers.
     _remove_dead_layers(network)
-    _requantize_outputs(network, made, residuals_in_8_bits=spec.residuals_in_8_bits and not spec.explicit)
+    _requantize_outputs(network, made, residuals_in_8_bits=spec.quantizes_residuals)
     _remove_dead_layers(network)
     return network
 
