@@ -47,6 +47,7 @@ if ROOT not in sys.path:
 
 import kiln  # noqa: E402
 from benchmarks import hf_models  # noqa: E402
+from benchmarks.models import BERT_BASE, Encoder  # noqa: E402
 from kiln.engine.runtime.profiler import call_times  # noqa: E402
 
 MODELS = ["efficientnet_b0", "resnet50", "vit_base_patch16_224", "convnext_tiny", "swin_tiny_patch4_window7_224"]
@@ -62,6 +63,9 @@ ZOO = [
     "poolformer_s12", "mixer_b16_224", "resmlp_12_224",
 ]  # fmt: skip
 MODES = ["eager", "ts", "inductor-ro", "kiln"]
+# Models the benchmark builds itself: name -> (sequence length, config). `bert_base` is the INT8/FP8 issue's
+# BERT-base-sized encoder (12 layers, hidden 768, FFN 3072) on 128 tokens; its "large" batch is 32.
+ENCODERS = {"bert_base": (128, BERT_BASE)}
 # On request (--modes ...,kiln-int8,kiln-fp8): Kiln with INT8 or FP8 layers next to FP16, calibrated by
 # entropy calibration on CALIBRATION_IMAGES random inputs (the timm models have random weights too);
 # their build time includes the calibration and the accuracy guard.
@@ -108,7 +112,7 @@ def is_cnn(model: torch.nn.Module) -> bool:
 def batches_for(model: str, spec: str) -> list[int]:
     out = []
     for item in spec.split(","):
-        large = LARGE_BATCH.get(model, hf_models.LARGE_BATCH if hf_models.is_hf(model) else 128)
+        large = LARGE_BATCH.get(model, hf_models.LARGE_BATCH if hf_models.is_hf(model) or model in ENCODERS else 128)
         out.append(large if item.strip() == "large" else int(item))
     return out
 
@@ -135,22 +139,35 @@ def build_mode(mode: str, model_name: str, model: torch.nn.Module, x: torch.Tens
         info = {"engine": compiled.report.summary()}
         return (lambda: compiled(*xs)), {**info, "_compiled": compiled}
     if mode in QUANTIZED_MODES and hf_models.is_hf(model_name):
-        raise ValueError(f"{mode} calibrates on random images; it does not take the token ids or audio of {model_name}")
+        raise ValueError(f"{mode} calibrates on random images or token ids; it does not take the inputs of {model_name}")
     if mode in QUANTIZED_MODES:
-        generator = torch.Generator(device=x.device).manual_seed(0)
-        batches = -(-CALIBRATION_IMAGES // x.shape[0])
-        loader = [torch.randn(x.shape, device=x.device, generator=generator).to(x.dtype) for _ in range(batches)]
+        generator = torch.Generator(device=xs[0].device).manual_seed(0)
+        batches = -(-CALIBRATION_IMAGES // xs[0].shape[0])
+        loader = [calibration_batch(xs, generator) for _ in range(batches)]
         calibrator = kiln.ptq.DataLoaderCalibrator(loader, algo="entropy", progress=False)
         compiled = kiln.compile(
-            model, inputs=[x], enabled_precisions={QUANTIZED_MODES[mode], torch.half}, calibrator=calibrator,
+            model, inputs=list(xs), enabled_precisions={QUANTIZED_MODES[mode], torch.half}, calibrator=calibrator,
             timing_cache_path=args.timing_cache,
         )  # fmt: skip
         quantization = compiled.report.quantization
         low = sum(1 for record in quantization.values() for row in record["rows"] if not row[2].startswith("kept"))
         total = sum(len(record["rows"]) for record in quantization.values())
         info = {"engine": compiled.report.summary(), "quantized_layers": f"{low}/{total}"}
-        return (lambda: compiled(x)), {**info, "_compiled": compiled}
+        return (lambda: compiled(*xs)), {**info, "_compiled": compiled}
     raise ValueError(f"unknown mode {mode!r}; choose from {MODES + list(QUANTIZED_MODES)}")
+
+
+def calibration_batch(xs: tuple, generator: torch.Generator) -> torch.Tensor | tuple:
+    """One random calibration batch shaped like the benchmark's inputs: images, or token ids with a full mask."""
+    out = []
+    for t in xs:
+        if t.is_floating_point():
+            out.append(torch.randn(t.shape, device=t.device, generator=generator).to(t.dtype))
+        elif t.max() <= 1:  # an attention mask
+            out.append(torch.ones_like(t))
+        else:
+            out.append(torch.randint(0, int(t.max()) + 1, t.shape, device=t.device, generator=generator))
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def stream_throughput(fn, compiled, x: torch.Tensor | tuple, batch: int, calls: int = 400) -> dict:
@@ -191,6 +208,11 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
     if hf_models.is_hf(model_name):
         model, xs = hf_models.build(model_name, batch, "cuda", torch.half)
         x = xs if len(xs) > 1 else xs[0]
+    elif model_name in ENCODERS:
+        seq, cfg = ENCODERS[model_name]
+        torch.manual_seed(0)
+        model = Encoder(cfg).eval().cuda().half()
+        x = (torch.randint(0, cfg.vocab, (batch, seq), device="cuda"), torch.ones(batch, seq, dtype=torch.long, device="cuda"))
     else:
         import timm
 
