@@ -48,12 +48,13 @@ class AccuracyGuard:
         self.float_dtype = float_dtype
         device = batches[0][0].device if batches and batches[0] else torch.device("cpu")
         self.device = device
-        self.reference = [run_network(network, b, constants_on(network, device, torch.float32)) for b in self.batches]
+        constants = constants_on(network, device, torch.float32)
+        self.reference = [run_network(network, b, constants, float_dtype=torch.float32) for b in self.batches]
 
     def error(self, keep: dict[str, str]) -> tuple[float, Network]:
         quantized = quantize_network(clone_network(self.network), self.spec, keep, torch.float32)
         constants = constants_on(quantized, self.device, torch.float32)
-        outputs = [run_network(quantized, b, constants) for b in self.batches]
+        outputs = [run_network(quantized, b, constants, float_dtype=torch.float32) for b in self.batches]
         return relative_error(outputs, self.reference), quantized
 
     def run(self, budget: float) -> GuardResult:

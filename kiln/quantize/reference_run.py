@@ -10,12 +10,25 @@ import kiln.engine.kernels  # noqa: F401  (registers every tactic)
 from kiln.engine.ir.network import Network
 from kiln.engine.kernels.registry import REFERENCE, RunContext, get_tactic
 
+# What `float_dtype` widens: the 16-bit compute types, never an FP8 value that simulates an FP8 layer.
+WIDENED = (torch.float16, torch.bfloat16)
+
 # observe(tensor name, value) sees every network input and every layer output.
 Observer = Callable[[str, torch.Tensor], None]
 
 
-def run_network(network: Network, inputs: list[torch.Tensor], constants: dict[str, torch.Tensor], observe: Observer | None = None):
-    """The network's outputs on `inputs`; `constants` are network.constants already on the inputs' device."""
+def run_network(
+    network: Network,
+    inputs: list[torch.Tensor],
+    constants: dict[str, torch.Tensor],
+    observe: Observer | None = None,
+    float_dtype: torch.dtype | None = None,
+):
+    """The network's outputs on `inputs`; `constants` are network.constants already on the inputs' device.
+
+    With `float_dtype`, every 16-bit float a layer makes is held in that dtype: a half model's casts
+    (BERT's `mask.to(x.dtype)`) would otherwise bring FP16 back into the FP32 yardstick run, and
+    attention refuses a half mask beside float queries."""
     values: dict[str, torch.Tensor] = dict(constants)
     for name, value in zip(network.inputs, inputs):
         values[name] = value
@@ -34,6 +47,8 @@ def run_network(network: Network, inputs: list[torch.Tensor], constants: dict[st
             fn = get_tactic(layer.kind, REFERENCE).fn
             result = fn(layer, [values[n] if n is not None else None for n in layer.inputs], run)
             results = [result] if isinstance(result, torch.Tensor) else list(result)
+            if float_dtype is not None:
+                results = [r.to(float_dtype) if isinstance(r, torch.Tensor) and r.dtype in WIDENED else r for r in results]
             for name, value in zip(layer.outputs, results):
                 values[name] = value
                 if observe is not None:

@@ -61,3 +61,22 @@ def test_encoder_in_8_bits_stays_close_to_fp32(precision, budget):
     rows = compiled.report.quantization["_engine_block_0"]["rows"]
     expected = "int8" if precision == torch.int8 else "fp8"
     assert any(r[2] == expected for r in rows)
+
+
+def test_half_encoder_with_a_cast_attention_mask_calibrates():
+    # The benchmark's BERT-base encoder failed on the H100: its `mask.to(x.dtype)` cast made an FP16 mask
+    # inside the guard's FP32 yardstick run, and attention refused it beside FP32 queries.
+    from benchmarks.models import TINY_ENCODER
+    from benchmarks.models import Encoder as BertEncoder
+
+    torch.manual_seed(0)
+    model = BertEncoder(TINY_ENCODER).eval().half()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, TINY_ENCODER.vocab, (2, 16), generator=g), torch.ones(2, 16, dtype=torch.long)) for _ in range(2)]
+    calibrator = kiln.ptq.DataLoaderCalibrator(batches, algo="minmax", progress=False)
+    compiled = kiln.compile(model, list(batches[0]), enabled_precisions={torch.int8, torch.half}, calibrator=calibrator, min_block_size=1)
+    kinds = [row[1] for row in compiled.report.layers["_engine_block_0"]]
+    assert "qlinear" in kinds, kinds
+    with torch.no_grad():
+        out, ref = compiled(*batches[1]).float(), model(*batches[1]).float()
+    assert ((out - ref).norm() / ref.norm()).item() < 0.1

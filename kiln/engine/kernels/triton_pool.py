@@ -94,7 +94,9 @@ def pool_nhwc(x: torch.Tensor, attrs: dict, out: torch.Tensor | None = None) -> 
     if x.dim() != 4 or not x.is_floating_point():
         raise ValueError(f"triton_pool_nhwc takes floating [N, C, H, W] inputs, not {x.dtype} of rank {x.dim()}")
     if not x.permute(0, 2, 3, 1).is_contiguous():
-        raise ValueError("triton_pool_nhwc reads channels-last memory; this input is laid out otherwise")
+        # Layouts never change results: a producer whose kernel does not keep the planned layout (seen with
+        # poolformer's group norm on the H100) may hand NCHW memory here, so transpose rather than refuse.
+        x = x.contiguous(memory_format=torch.channels_last)
     n, c, h, w = x.shape
     shape = output_shape(x, attrs)
     out = nhwc_output(out, shape, x)
