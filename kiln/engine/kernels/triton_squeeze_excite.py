@@ -119,8 +119,8 @@ def _kernel(programs, *dtypes):
 
 def kernel_source(first, second) -> str:
     """The module text of the gate kernel with the two stages' activation programs (one input: the stage's FP32 value)."""
-    act1, (h_out,) = emit(first, ["h"], prefix="a")
-    act2, (g_out,) = emit(second, ["g"], prefix="b")
+    act1, (h_out,) = emit(first, ["h"], prefix="act1_v")
+    act2, (g_out,) = emit(second, ["g"], prefix="act2_v")
     act1 = "\n".join("    " + line for line in act1)
     act2 = "\n".join("        " + line for line in act2)
     return MODULE_HEADER + f'''
