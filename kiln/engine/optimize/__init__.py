@@ -56,7 +56,8 @@ def optimize_network(network: Network, block, captured, settings: CompileSetting
 # - precision before the fusions, so fusions see final dtypes and the boundary casts it inserts;
 #   8-bit placement just before it (it decides which layers precision must leave alone);
 # - conv epilogues, then input scales (before pointwise fusion, which would take the multiply),
-#   then pointwise groups, then GEMM epilogues (which absorb those groups), then reductions (which
+#   then pointwise groups, then views sunk below them (so a GEMM meets its element-wise reader), then
+#   GEMM epilogues (which absorb those groups), then reductions (which
 #   take the groups left next to a norm, softmax or mean as their prologue and epilogue); squeeze-excite
 #   gates just before the reductions (their mean is taken whole, with the FC stages and activations after it);
 # - layout after the fusions (it follows the fused layers to the inputs), views after layout;
@@ -68,6 +69,7 @@ PASS_ORDER = [
     "fuse_conv_epilogues",
     "fuse_input_scale",
     "fuse_pointwise",
+    "sink_views",
     "fuse_gemm_epilogues",
     "fuse_squeeze_excite",
     "fuse_reductions",
@@ -79,6 +81,7 @@ PASS_ORDER = [
 from kiln.engine.optimize import bind_symbols, fuse_conv, fuse_gemm_epilogue, fuse_input_scale, fuse_pointwise  # noqa: E402, F401, I001
 from kiln.engine.optimize import fuse_reductions, fuse_squeeze_excite  # noqa: E402, F401, I001
 from kiln.engine.optimize import layout, precision, quantize_placement, sparse_weights, views  # noqa: E402, F401, I001
+from kiln.engine.optimize import sink_views  # noqa: E402, F401, I001
 
 OPTIMIZE_PASSES: list = [_REGISTERED[name] for name in PASS_ORDER]
 if set(_REGISTERED) != set(PASS_ORDER):
