@@ -3,6 +3,7 @@ becomes one `squeeze_excite` layer; the plan gives eager's outputs on its refere
 gate kernel (every config) and the unfused GEMMs swapped in (Triton's interpreter)."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kiln.engine.builder.build import build_plan
-from kiln.engine.ir.network import Network
+from kiln.engine.ir.network import Layer, Network
 from kiln.engine.kernels.triton_squeeze_excite import CONFIGS, MAX_HIDDEN, triton
 from kiln.engine.optimize.fuse_squeeze_excite import fuse_squeeze_excite_gates
 from kiln.engine.plan import Step
@@ -113,6 +114,8 @@ def test_the_fused_layers_reference_is_exactly_the_unfused_layers():
     fused = fuse_squeeze_excite_gates(net)
     assert [m.kind for m in fused.layers] == ["squeeze_excite"]
     assert fused.layers[0].inputs == ["x", "w1", "b1", "w2", None]
+    # Plans store the layer as JSON: the fused attrs survive a round trip unchanged.
+    assert Layer.from_json(json.loads(json.dumps(fused.layers[0].to_json()))) == fused.layers[0]
     got = run(fused, values)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
