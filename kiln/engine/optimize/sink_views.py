@@ -122,7 +122,7 @@ def _operand_map(view: Layer, source: list[Dim], viewed: list[Dim]):
             return [shape[k] for k in inverse], ("permute", inverse)
 
         return through_permute
-    groups = _groups(source, viewed)
+    groups = reshape_groups(source, viewed)
     if groups is None:
         return None
 
@@ -141,7 +141,7 @@ def _operand_map(view: Layer, source: list[Dim], viewed: list[Dim]):
     return through_reshape
 
 
-def _groups(source: list[Dim], viewed: list[Dim]) -> list[tuple[list[int], list[int]]] | None:
+def reshape_groups(source: list[Dim], viewed: list[Dim]) -> list[tuple[list[int], list[int]]] | None:
     """Pairs of adjacent-dim groups with equal sizes: the reshape splits or merges within each, or None.
 
     Equal leading and trailing dims (symbolic ones included) pair one to one; the dims between must be static."""
@@ -160,20 +160,22 @@ def _groups(source: list[Dim], viewed: list[Dim]) -> list[tuple[list[int], list[
     while i < len(mid_src) or j < len(mid_dst):
         src, dst = [], []
         size_src = size_dst = 1
+        # One dim from each side, then the smaller side grows until the sizes meet; a size-1 dim with
+        # nothing left on the other side is a group of its own (the reshape adds or drops it).
         while True:
-            if size_src <= size_dst and i < len(mid_src):
+            if i < len(mid_src) and (not src or size_src < size_dst):
                 src.append(mid_src[i])
                 size_src *= source[mid_src[i]]
                 i += 1
-            elif j < len(mid_dst):
+            elif j < len(mid_dst) and (not dst or size_dst < size_src):
                 dst.append(mid_dst[j])
                 size_dst *= viewed[mid_dst[j]]
                 j += 1
             else:
                 break
-            if size_src == size_dst and src and dst:
+            if src and dst and size_src == size_dst:
                 break
-        if size_src != size_dst or not src or not dst:
+        if size_src != size_dst:
             return None
         groups.append((src, dst))
     groups += [([len(source) - trail + k], [len(viewed) - trail + k]) for k in range(trail)]

@@ -9,7 +9,7 @@ from kiln.engine.kernels import triton_gemm
 from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.optimize.fuse_gemm_epilogue import fuse_gemm_epilogue_layers
 from kiln.engine.optimize.fuse_pointwise import fuse_pointwise_groups
-from kiln.engine.optimize.sink_views import sink_view_layers
+from kiln.engine.optimize.sink_views import reshape_groups, sink_view_layers
 from tests.engine.optimize.test_fuse_pointwise import run
 from tests.helpers import relative_error
 
@@ -123,3 +123,12 @@ def test_a_view_with_two_readers_stays():
     net.outputs.append(other.name)
     before = [layer.kind for layer in net.layers]
     assert [layer.kind for layer in sink_view_layers(net).layers] == before
+
+
+def test_reshape_groups_pair_split_and_merged_dims_and_lone_unit_dims():
+    assert reshape_groups([2, 2, 2, 2, 2, 6], [2, 4, 4, 6]) == [([0], [0]), ([1, 2], [1]), ([3, 4], [2]), ([5], [3])]
+    assert reshape_groups([128, 49, 288], [128, 49, 3, 3, 32]) == [([0], [0]), ([1], [1]), ([2], [2, 3, 4])]
+    # A unit dim the reshape drops (a squeezed slice) is a group of its own; symbolic dims pair one to one.
+    assert reshape_groups([1, 128, 3], [128, 3]) == [([0], []), ([1], [0]), ([2], [1])]
+    assert reshape_groups(["s0", 4, 1], ["s0", 2, 2]) == [([0], [0]), ([1], [1, 2]), ([2], [])]
+    assert reshape_groups(["s0", 6], [2, "s0", 3]) is None
