@@ -55,6 +55,7 @@ def optimize_network(network: Network, block, captured, settings: CompileSetting
 # - bind_symbols first: every later pass sees the symbolic dims bound;
 # - precision before the fusions, so fusions see final dtypes and the boundary casts it inserts;
 #   8-bit placement just before it (it decides which layers precision must leave alone);
+# - hand-written attention first of the fusions, while its adds and softmax are still layers of their own;
 # - conv epilogues, then input scales (before pointwise fusion, which would take the multiply),
 #   then pointwise groups, then views sunk below them (so a GEMM meets its element-wise reader), then
 #   GEMM epilogues (which absorb those groups), then reductions (which
@@ -66,6 +67,7 @@ PASS_ORDER = [
     "bind_symbols",
     "place_quantization",
     "assign_precision",
+    "fuse_attention",
     "fuse_conv_epilogues",
     "fuse_input_scale",
     "fuse_pointwise",
@@ -82,6 +84,7 @@ from kiln.engine.optimize import bind_symbols, fuse_conv, fuse_gemm_epilogue, fu
 from kiln.engine.optimize import fuse_reductions, fuse_squeeze_excite  # noqa: E402, F401, I001
 from kiln.engine.optimize import layout, precision, quantize_placement, sparse_weights, views  # noqa: E402, F401, I001
 from kiln.engine.optimize import sink_views  # noqa: E402, F401, I001
+from kiln.engine.optimize import fuse_attention  # noqa: E402, F401, I001
 
 OPTIMIZE_PASSES: list = [_REGISTERED[name] for name in PASS_ORDER]
 if set(_REGISTERED) != set(PASS_ORDER):
