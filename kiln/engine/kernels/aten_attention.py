@@ -22,8 +22,14 @@ def _on_cuda(layer, target) -> bool:
     return target.is_cuda
 
 
+def _unmasked_on_cuda(layer, target) -> bool:
+    # FlashAttention takes no attn_mask at all: offering it a masked layer (Swin's, LeViT's bias from
+    # optimize/fuse_attention.py) would only raise at build time, with a warning per layer.
+    return target.is_cuda and layer.inputs[3] is None
+
+
 def _register(name, backend):
-    @tactic("attention", name, when=_on_cuda)
+    @tactic("attention", name, when=_unmasked_on_cuda if backend == SDPBackend.FLASH_ATTENTION else _on_cuda)
     def sdpa(layer, inputs, run):
         q, k, v, mask = inputs
         a = layer.attrs
