@@ -57,7 +57,7 @@ def optimize_network(network: Network, block, captured, settings: CompileSetting
 #   8-bit placement just before it (it decides which layers precision must leave alone);
 # - hand-written attention first of the fusions, while its adds and softmax are still layers of their own;
 # - conv epilogues, then input scales (before pointwise fusion, which would take the multiply),
-#   then pointwise groups, then views sunk below them (so a GEMM meets its element-wise reader), then
+#   then pointwise groups, then row moves composed into gathers, then views sunk below them (so a GEMM meets its element-wise reader), then
 #   GEMM epilogues (which absorb those groups), then reductions (which
 #   take the groups left next to a norm, softmax or mean as their prologue and epilogue); squeeze-excite
 #   gates just before the reductions (their mean is taken whole, with the FC stages and activations after it);
@@ -71,6 +71,7 @@ PASS_ORDER = [
     "fuse_conv_epilogues",
     "fuse_input_scale",
     "fuse_pointwise",
+    "compose_gathers",
     "sink_views",
     "fuse_gemm_epilogues",
     "fuse_squeeze_excite",
@@ -83,7 +84,7 @@ PASS_ORDER = [
 from kiln.engine.optimize import bind_symbols, fuse_conv, fuse_gemm_epilogue, fuse_input_scale, fuse_pointwise  # noqa: E402, F401, I001
 from kiln.engine.optimize import fuse_reductions, fuse_squeeze_excite  # noqa: E402, F401, I001
 from kiln.engine.optimize import layout, precision, quantize_placement, sparse_weights, views  # noqa: E402, F401, I001
-from kiln.engine.optimize import sink_views  # noqa: E402, F401, I001
+from kiln.engine.optimize import compose_gathers, sink_views  # noqa: E402, F401, I001
 from kiln.engine.optimize import fuse_attention  # noqa: E402, F401, I001
 
 OPTIMIZE_PASSES: list = [_REGISTERED[name] for name in PASS_ORDER]

@@ -23,7 +23,7 @@ STRIDE_TOLERANT = frozenset(
     {"attention", "linear", "matmul", "binary", "unary", "norm", "softmax", "reduce", "fused_pointwise", "conv", "conv_epilogue"}
     | {"reshape", "permute", "select", "slice", "cast", "concat", "fused_reduction"}
     # F.*pool2d reads strides; the NHWC Triton pool transposes an input that is not NHWC in memory.
-    | {"pool"}
+    | {"pool", "index_select"}
 )
 
 
