@@ -20,6 +20,9 @@ from kiln.engine.kernels.triton_softmax import row_softmax, triton
 from kiln.engine.runtime.executor import arena_output
 
 SOFTMAX = {"op": "softmax", "dim": -1, "dtype": None}
+# The scores go through memory here: past this size (long sequences) only the fused backends are worth timing,
+# and timing this tactic could run the build out of memory.
+MAX_SCORES_BYTES = 1 << 28
 
 
 def _applies(layer, target) -> bool:
@@ -40,6 +43,10 @@ def attention_unfused(layer, inputs, run):
     q, k, v, mask = inputs
     if q.dtype not in FLOAT_DTYPES or not 0 < k.shape[-2] <= MAX_ROW:
         raise ValueError(f"triton_unfused takes float attention over 1 to {MAX_ROW} keys, not {k.shape[-2]} {q.dtype}")
+    if mask is not None and not mask.dtype.is_floating_point:
+        raise ValueError("triton_unfused takes an additive float mask, not a boolean one")
+    if q[..., 0].numel() * k.shape[-2] * q.element_size() > MAX_SCORES_BYTES:
+        raise ValueError(f"triton_unfused keeps the scores in memory: {tuple(q.shape[:-1])} x {k.shape[-2]} is too large")
     scale = layer.attrs["scale"]
     if scale is None:
         scale = q.shape[-1] ** -0.5

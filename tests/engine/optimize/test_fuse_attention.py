@@ -174,3 +174,21 @@ def test_finest_batch_and_split():
     # A runtime mask over part of both groups cannot be split without materialising it.
     assert choose_split([8, 1, 3, 1, 49], [8, 4, 3], runtime=True) is None
     assert choose_split(None, [512, 3], runtime=False) == 1
+
+
+@pytest.mark.skipif(triton is None, reason="Triton is not installed")
+def test_unfused_tactic_against_the_reference_and_what_it_declines():
+    from kiln.engine.ir.network import Layer
+    from kiln.engine.kernels.attention import attention_reference
+    from kiln.engine.kernels.attention_unfused import attention_unfused
+    from kiln.engine.kernels.registry import RunContext
+
+    torch.manual_seed(4)
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 4)
+    layer = Layer("attention", "a", ["q", "k", "v", "m"], ["o"], {"is_causal": False, "scale": None, "enable_gqa": False})
+    run = RunContext({})
+    for mask in (None, torch.randn(1, 3, 1, 7)):
+        expected = attention_reference(layer, [q, k, v, mask], run)
+        assert relative_error(attention_unfused(layer, [q, k, v, mask], run), expected) < 1e-5
+    with pytest.raises(ValueError, match="boolean"):
+        attention_unfused(layer, [q, k, v, torch.ones(1, 1, 5, 7, dtype=torch.bool)], run)
