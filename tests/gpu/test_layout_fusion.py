@@ -1,0 +1,72 @@
+"""Layout-aware fusion on the GPU: views sunk below element-wise work (ConvNeXt's layer scale and residual in
+the fc2 epilogue) and row moves composed into one gather (Swin's roll + window partition), against eager."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kiln
+from tests.helpers import relative_error
+
+CUDA = torch.device("cuda")
+
+
+class TimmConvNeXtBlock(nn.Module):
+    """timm's spelling: the MLP runs NHWC, the permute back to NCHW comes before the layer-scale multiply."""
+
+    def __init__(self, dim=64):
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x):
+        y = self.fc2(F.gelu(self.fc1(self.norm(self.dw(x).permute(0, 2, 3, 1)))))
+        return x + y.permute(0, 3, 1, 2).mul(self.gamma.reshape(1, -1, 1, 1))
+
+
+class ShiftedWindowAttention(nn.Module):
+    """Swin's shifted-window attention block on a [B, H, W, C] map: roll, window partition, attention, reverse, roll back."""
+
+    def __init__(self, dim=64, window=4, shift=2, heads=2):
+        super().__init__()
+        self.window, self.shift, self.heads = window, shift, heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, h, w, c = x.shape
+        n, s = self.window, self.shift
+        y = torch.roll(self.norm(x), (-s, -s), (1, 2))
+        y = y.view(b, h // n, n, w // n, n, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, n * n, c)
+        q, k, v = self.qkv(y).reshape(-1, n * n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        y = self.proj((attn @ v).transpose(1, 2).reshape(-1, n * n, c))
+        y = y.view(b, h // n, w // n, n, n, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return x + torch.roll(y, (s, s), (1, 2))
+
+
+def _compile_and_check(model, x, tol=2e-2):
+    model = model.to(CUDA).eval()
+    compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1)
+    with torch.no_grad():
+        assert relative_error(compiled(x), model(x)) < tol
+        other = torch.randn_like(x)
+        assert relative_error(compiled(other), model(other)) < tol
+    return [s for e in compiled.engine_blocks.values() for s in e.plan.steps]
+
+
+def test_convnext_layer_scale_and_residual_run_in_the_fc2_epilogue():
+    torch.manual_seed(0)
+    # Two blocks: the last one's tail also casts the network output to FP32, which a GEMM epilogue does not take.
+    steps = _compile_and_check(nn.Sequential(TimmConvNeXtBlock(), TimmConvNeXtBlock()), torch.randn(4, 64, 14, 14, device=CUDA))
+    epilogues = [s.layer.attrs["epilogue"] for s in steps if s.layer.kind == "linear" and s.layer.attrs.get("epilogue")]
+    assert any([op["op"] for op in e["ops"]] == ["mul", "add"] for e in epilogues), epilogues
+
+
+def test_swin_roll_and_window_moves_become_one_gather_each_way():
+    torch.manual_seed(0)
+    steps = _compile_and_check(ShiftedWindowAttention(), torch.randn(2, 8, 8, 64, device=CUDA))
+    gathers = [s for s in steps if s.layer.kind == "index_select"]
+    assert len(gathers) == 2 and all(s.layer.attrs["dim"] == 0 for s in gathers)
