@@ -21,6 +21,7 @@ import os
 import torch
 
 from kiln.engine.kernels.codegen.program import FLOAT_DTYPES, Program, emit
+from kiln.engine.kernels.codegen.tiles import grouped_tile, tile_count
 from kiln.engine.kernels.codegen.triton_source import load_kernel
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import MODULE_HEADER, triton
@@ -40,11 +41,6 @@ CONFIGS = {"triton_gemm_64": (64, 64, 64, 4, 3), "triton_gemm_128": (128, 128, 6
 # lost elsewhere (ConvNeXt's K=96 fc1: 0.50 against 0.35), and 128x256 / 64x128 tiles never won, so it is
 # one timed candidate. Reaching cuBLAS needs a pipelined, warp-specialised loop: not done yet.
 TMA_CONFIGS = {"triton_gemm_tma_128": (128, 128, 64, 8, 4)}
-# Tiles are walked in groups of GROUP_M row-tiles, every column tile of a group before the next group:
-# a group's A rows are read from memory once and come from L2 for the other column tiles (the weight of
-# a linear fits L2 whole). Walking rows fastest instead re-read all of A once per column tile.
-GROUP_M = 8
-
 _KERNELS: dict[tuple, object] = {}
 
 
@@ -77,20 +73,6 @@ def _epilogue(program: Program | None, extra_kinds: tuple[str, ...], indent: str
     return "\n".join(indent + line for line in lines)
 
 
-def _tile_of(indent: str) -> str:
-    """(pid_m, pid_n) of tile number `tile`, in GROUP_M row-tile groups."""
-    lines = [
-        "tiles_m = tl.cdiv(M, BLOCK_M)",
-        "tiles_n = tl.cdiv(N, BLOCK_N)",
-        f"group = tile // ({GROUP_M} * tiles_n)",
-        f"first_m = group * {GROUP_M}",
-        f"group_m = tl.minimum(tiles_m - first_m, {GROUP_M})",
-        f"pid_m = first_m + (tile % ({GROUP_M} * tiles_n)) % group_m",
-        f"pid_n = (tile % ({GROUP_M} * tiles_n)) // group_m",
-    ]
-    return "\n".join(indent + line for line in lines)
-
-
 def kernel_source(program: Program | None, extra_kinds: tuple[str, ...]) -> str:
     extras = [f"e{i}_ptr" for i in range(len(extra_kinds))]
     args = ", ".join(["a_ptr", "w_ptr", "bias_ptr", "c_ptr", "s_ptr", *extras, "M", "N", "K", "stride_wn", "stride_wk", "rows_per_scale"])
@@ -101,7 +83,7 @@ def gemm_kernel(
     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     tile = tl.program_id(0)
-{_tile_of("    ")}
+{grouped_tile("    ")}
     rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -133,7 +115,7 @@ def gemm_kernel(
 ):
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0)):
-{_tile_of("        ")}
+{grouped_tile("        ")}
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             a = a_desc.load([pid_m * BLOCK_M, k0])
@@ -185,7 +167,7 @@ def gemm(
     if tma and row_scale is None and _tma_ready(rows, w):
         _gemm_tma(rows, w, b, extras, program, kinds, config, out)
         return out
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n_out, block_n),)
+    grid = (tile_count(m, n_out, block_m, block_n),)
     _kernel(program, kinds)[grid](
         rows, w, b if b is not None else rows, out, row_scale if row_scale is not None else rows, *extras,
         m, n_out, k, w.stride(0), w.stride(1), rows_per_scale,
@@ -218,8 +200,7 @@ def _gemm_tma(rows, w, b, extras, program, kinds, config, out) -> None:
     w_nk = w.stride(1) == 1
     # A [K, N] matrix seen transposed (the 1x1 conv's prepared weight) is described as it is stored.
     w_desc = TensorDescriptor.from_tensor(w, [block_n, block_k]) if w_nk else TensorDescriptor.from_tensor(w.t(), [block_k, block_n])
-    tiles = triton.cdiv(m, block_m) * triton.cdiv(n_out, block_n)
-    grid = (max(1, min(tiles, _processors(rows.device))),)
+    grid = (max(1, min(tile_count(m, n_out, block_m, block_n), _processors(rows.device))),)
     _kernel(program, kinds, tma=True)[grid](
         a_desc, w_desc, b if b is not None else rows, out, *extras, m, n_out, k,
         HAS_BIAS=b is not None, W_NK=w_nk, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from kiln.engine.kernels.codegen.tiles import grouped_tile, tile_count
 from kiln.engine.kernels.registry import tactic
-from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows, triton
+from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows
 from kiln.engine.kernels.triton_quantized_common import (
     EPILOGUE_TAIL,
     RESIDUAL_LOAD,
@@ -39,8 +40,8 @@ def qconv_kernel(
     HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
     TAP_LOOP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    tile = tl.program_id(0)
+GROUPED_TILE
     rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -95,7 +96,7 @@ def qconv_kernel(
     offsets = rm[:, None] * N + rn[None, :]
 """
     + EPILOGUE_TAIL
-)
+).replace("GROUPED_TILE", grouped_tile("    "))
 
 
 def weight_n_by_taps(layer, weights: dict) -> dict:
@@ -119,7 +120,7 @@ def qconv_nhwc(layer, x: torch.Tensor, w_taps: torch.Tensor, bias, residual, w_s
     res = nhwc_rows(residual) if residual is not None else None
     m, k = n * oh * ow, w_taps.shape[1]
     block_m, block_n, block_k, warps, stages = config
-    grid = (triton.cdiv(m, block_m), triton.cdiv(cout, block_n))
+    grid = (tile_count(m, cout, block_m, block_n),)
     source = TEMPLATE.replace("ACC_TYPE", accumulator_type(a["qdtype"]))
     kernel = load_template(source, "qconv_kernel", a, RESIDUAL_LOAD if res is not None else None)
     kernel[grid](

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from kiln.engine.kernels.codegen.tiles import grouped_tile, tile_count
 from kiln.engine.kernels.registry import tactic
-from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows, triton
+from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows
 from kiln.engine.kernels.triton_quantized_common import (
     EPILOGUE_TAIL,
     RESIDUAL_LOAD,
@@ -34,9 +35,9 @@ def qgemm_kernel(
     HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
+    tile = tl.program_id(0)
+GROUPED_TILE
+    pid_b = tl.program_id(1).to(tl.int64)
     rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -55,7 +56,7 @@ def qgemm_kernel(
     offsets = pid_b * M * N + rm[:, None] * N + rn[None, :]
 """
     + EPILOGUE_TAIL
-)
+).replace("GROUPED_TILE", grouped_tile("    "))
 
 
 def kernel_for(layer, residual: bool):
@@ -70,7 +71,7 @@ def qgemm(layer, a3: torch.Tensor, b3: torch.Tensor, w_scale, bias, residual, co
     if out is None:
         out = torch.empty((batch, m, n), dtype=output_dtype(layer), device=a3.device)
     block_m, block_n, block_k, warps, stages = config
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), batch)
+    grid = (tile_count(m, n, block_m, block_n), batch)
     s_bb = b3.stride(0) if b3.shape[0] > 1 else 0
     kernel_for(layer, residual is not None)[grid](
         a3, b3, w_scale, bias if bias is not None else w_scale, residual if residual is not None else out, out, m, n, k,
