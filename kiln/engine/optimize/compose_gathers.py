@@ -112,7 +112,9 @@ def _gather(network: Network, chain: list[Layer]) -> list[Layer]:
         elif layer.kind == "permute":
             rows = rows.permute(layer.attrs["dims"])
         else:
-            rows = rows[(slice(None),) * layer.attrs["dim"] + (network.constants[layer.inputs[1]].long(),)]
+            # The roll's index may already be on the GPU (a CUDA build's constants are); the row numbers are
+            # worked out on the CPU, and the builder moves the new constant to the device with the others.
+            rows = rows[(slice(None),) * layer.attrs["dim"] + (network.constants[layer.inputs[1]].long().cpu(),)]
     index = network.add_constant(f"{chain[-1].name}_rows", rows.reshape(-1).contiguous())
     flat_in = _desc(network, f"{source.name}_rows", [_numel(rows_in), channels], source.dtype)
     flat_out = _desc(network, f"{result.name}_rows", [index.shape[0], channels], result.dtype)
