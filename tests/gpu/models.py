@@ -54,6 +54,27 @@ class TinyAttention(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
+class ShiftedWindowAttention(nn.Module):
+    """Swin's shifted-window attention block on a [B, H, W, C] map: roll, window partition, attention, reverse, roll back."""
+
+    def __init__(self, dim=64, window=4, shift=2, heads=2):
+        super().__init__()
+        self.window, self.shift, self.heads = window, shift, heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, h, w, c = x.shape
+        n, s = self.window, self.shift
+        y = torch.roll(self.norm(x), (-s, -s), (1, 2))
+        y = y.view(b, h // n, n, w // n, n, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, n * n, c)
+        q, k, v = self.qkv(y).reshape(-1, n * n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        y = self.proj((attn @ v).transpose(1, 2).reshape(-1, n * n, c))
+        y = y.view(b, h // n, w // n, n, n, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return x + torch.roll(y, (s, s), (1, 2))
+
+
 def init_bn(model: nn.Module) -> nn.Module:
     """Non-trivial BN statistics, so folding them is actually tested."""
     g = torch.Generator().manual_seed(0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kiln
-from tests.gpu.models import MLP, SmallCNN, TinyAttention, init_bn
+from tests.gpu.models import MLP, ShiftedWindowAttention, SmallCNN, TinyAttention, init_bn
 from tests.helpers import relative_error
 
 CUDA = torch.device("cuda")
@@ -23,6 +23,10 @@ def _model_and_inputs(name: str):
     elif name == "attention":
         model = TinyAttention().to(CUDA).eval()
         make = lambda: torch.randn(2, 50, 64, device=CUDA)
+    elif name == "window-attention":
+        # Hand-written attention (fuse_attention), roll + window moves as row gathers (compose_gathers).
+        model = ShiftedWindowAttention().to(CUDA).eval()
+        make = lambda: torch.randn(2, 8, 8, 64, device=CUDA)
     else:
         model = MLP().to(CUDA).eval()
         make = lambda: torch.randn(4, 64, device=CUDA)
@@ -55,7 +59,7 @@ def _hammer(compiled, model, make, own_streams: bool, threads: int = THREADS):
     return max(relative_error(o, r) for outs, rs in zip(results, refs) for o, r in zip(outs, rs))
 
 
-@pytest.mark.parametrize("name", ["cnn", "attention", "mlp"])
+@pytest.mark.parametrize("name", ["cnn", "attention", "window-attention", "mlp"])
 @pytest.mark.parametrize("own_streams", [False, True], ids=["one-stream", "own-streams"])
 def test_threads_get_their_own_answers(name, own_streams):
     model, make = _model_and_inputs(name)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kiln
+from tests.gpu.models import ShiftedWindowAttention
 from tests.helpers import relative_error
 
 CUDA = torch.device("cuda")
@@ -24,27 +25,6 @@ class TimmConvNeXtBlock(nn.Module):
     def forward(self, x):
         y = self.fc2(F.gelu(self.fc1(self.norm(self.dw(x).permute(0, 2, 3, 1)))))
         return x + y.permute(0, 3, 1, 2).mul(self.gamma.reshape(1, -1, 1, 1))
-
-
-class ShiftedWindowAttention(nn.Module):
-    """Swin's shifted-window attention block on a [B, H, W, C] map: roll, window partition, attention, reverse, roll back."""
-
-    def __init__(self, dim=64, window=4, shift=2, heads=2):
-        super().__init__()
-        self.window, self.shift, self.heads = window, shift, heads
-        self.norm = nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        b, h, w, c = x.shape
-        n, s = self.window, self.shift
-        y = torch.roll(self.norm(x), (-s, -s), (1, 2))
-        y = y.view(b, h // n, n, w // n, n, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, n * n, c)
-        q, k, v = self.qkv(y).reshape(-1, n * n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = ((q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
-        y = self.proj((attn @ v).transpose(1, 2).reshape(-1, n * n, c))
-        y = y.view(b, h // n, w // n, n, n, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
-        return x + torch.roll(y, (s, s), (1, 2))
 
 
 def _compile_and_check(model, x, tol=2e-2):
