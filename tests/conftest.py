@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -44,3 +45,89 @@ def _interpreter_libdevice() -> None:
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     _interpreter_libdevice()
+
+
+def _materialize_cia_ops_once_per_registration_set() -> None:
+    """torch.export's run_decompositions walks every op namespace (~27), and for each one queries the C++
+    dispatcher for every CompositeImplicitAutograd op and materializes them all into torch.ops, twice per call:
+    about 0.25 s of each ~1 s kiln.compile on a CPU, and most of this suite is small compiles. Materializing
+    is idempotent (getattr on torch.ops), so it is skipped while the dispatcher's CIA registrations are the
+    ones last materialized, and they are queried once per run_decompositions instead of once per namespace
+    (nothing registers a C++ op in the middle of one). A newly registered op changes the list and is
+    materialized as before: the same ops are found, the same decompositions run, the same graphs come out."""
+    import functools
+    import threading
+
+    try:
+        from torch._export import utils
+        from torch.export import ExportedProgram
+    except ImportError:
+        return
+    original = getattr(utils, "_materialize_cpp_cia_ops", None)
+    if original is None or getattr(original, "_kiln_tests_memo", False):
+        return
+    materialized: list = [None]
+    local = threading.local()  # local.checked: this thread's run_decompositions already saw the current list
+
+    def materialize() -> None:
+        if getattr(local, "checked", False):
+            return
+        registrations = torch._C._dispatch_get_registrations_for_dispatch_key("CompositeImplicitAutograd")
+        if registrations != materialized[0]:
+            original()
+            materialized[0] = registrations
+        local.checked = getattr(local, "depth", 0) > 0
+
+    run_decompositions = ExportedProgram.run_decompositions
+
+    @functools.wraps(run_decompositions)
+    def run_decompositions_checking_once(self, *args, **kwargs):
+        local.depth = getattr(local, "depth", 0) + 1
+        try:
+            return run_decompositions(self, *args, **kwargs)
+        finally:
+            local.depth -= 1
+            if local.depth == 0:
+                local.checked = False
+
+    materialize._kiln_tests_memo = True
+    utils._materialize_cpp_cia_ops = materialize
+    ExportedProgram.run_decompositions = run_decompositions_checking_once
+
+
+_materialize_cia_ops_once_per_registration_set()
+
+
+def _share_the_cores_between_xdist_workers() -> None:
+    """Under pytest-xdist (`./run tests` runs `-n auto`), each worker's torch would start one thread per core:
+    N workers x N threads on N cores. Each worker gets its share of the cores instead."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_the_cores_between_xdist_workers()
+
+
+def _widest_own_fixture_scope(item) -> str:
+    """The widest scope among the fixtures this suite defines that `item` uses ("function" if none is wider)."""
+    order = ["function", "class", "module", "package", "session"]
+    info = getattr(item, "_fixtureinfo", None)
+    widest = "function"
+    for defs in (info.name2fixturedefs.values() if info else ()):
+        for fixturedef in defs:
+            if fixturedef.baseid and order.index(fixturedef.scope) > order.index(widest):
+                widest = fixturedef.scope
+    return widest
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """`--dist loadgroup` hands tests to xdist workers one at a time; a test file whose tests share a module-
+    or session-scoped fixture of ours (a compiled model, a Ray Serve deployment) is kept on one worker, so
+    that fixture is built once, as without xdist."""
+    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") != "loadgroup":
+        return
+    for item in items:
+        if _widest_own_fixture_scope(item) != "function" and not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
