@@ -47,6 +47,18 @@ def run(module):
         return module(X)
 
 
+@pytest.fixture(scope="module")
+def fresh_outputs():
+    """A fresh compile of make(1) with TORCH_OPS, run once: the answer a refit to make(1) must give (read only)."""
+    return run(kiln.compile(make(1), **OPTIONS, **TORCH_OPS))
+
+
+@pytest.fixture(scope="module")
+def untouched():
+    """One compile of make(0) shared by the tests whose refit is refused: each checks its own outputs are unchanged."""
+    return kiln.compile(make(0), **OPTIONS, **TORCH_OPS)
+
+
 @pytest.mark.parametrize("executed", [dict(torch_executed_ops=["aten.cumsum"]), TORCH_OPS])
 def test_refit_from_model_equals_a_fresh_compile(executed):
     old, new = make(0), make(1)
@@ -59,12 +71,12 @@ def test_refit_from_model_equals_a_fresh_compile(executed):
     torch.testing.assert_close(run(compiled), run(new), rtol=1e-4, atol=1e-5)
 
 
-def test_refit_from_state_dict_and_the_models_are_left_alone():
+def test_refit_from_state_dict_and_the_models_are_left_alone(fresh_outputs):
     old, new = make(0), make(1)
     old_weights = {k: v.clone() for k, v in old.state_dict().items()}
     compiled = kiln.compile(old, **OPTIONS, **TORCH_OPS)
     refit(compiled, new.state_dict())
-    assert torch.equal(run(compiled), run(kiln.compile(make(1), **OPTIONS, **TORCH_OPS)))
+    assert torch.equal(run(compiled), fresh_outputs)
     # Refit never writes into a model's tensors: the compiled one's weights were copies.
     refit(compiled, make(2).state_dict())
     for k, v in old.state_dict().items():
@@ -81,8 +93,8 @@ def test_refit_from_state_dict_and_the_models_are_left_alone():
         (lambda sd: sd.update({"head.bias": torch.zeros(5, dtype=torch.float64)}), ["head.bias", "float64"]),
     ],
 )
-def test_bad_state_dict_is_refused_by_name_and_nothing_changes(edit, names):
-    compiled = kiln.compile(make(0), **OPTIONS, **TORCH_OPS)
+def test_bad_state_dict_is_refused_by_name_and_nothing_changes(edit, names, untouched):
+    compiled = untouched
     before = run(compiled)
     state_dict = dict(make(1).state_dict())
     edit(state_dict)
@@ -93,30 +105,31 @@ def test_bad_state_dict_is_refused_by_name_and_nothing_changes(edit, names):
     assert torch.equal(run(compiled), before)
 
 
-def test_model_that_needs_another_engine_is_refused():
-    compiled = kiln.compile(make(0), **OPTIONS, **TORCH_OPS)
+def test_model_that_needs_another_engine_is_refused(untouched):
+    compiled = untouched
     before = run(compiled)
     with pytest.raises(RefitError, match="compile"):
         refit(compiled, make(1, width=16))
     assert torch.equal(run(compiled), before)
 
 
-def test_refit_a_loaded_file(tmp_path):
+def test_refit_a_loaded_file(tmp_path, fresh_outputs):
     path = tmp_path / "net.kiln"
     kiln.save(kiln.compile(make(0), **OPTIONS, **TORCH_OPS), path)
     loaded = kiln.load(path)
     with pytest.raises(RefitError, match="load_state_dict"):
         refit(loaded, make(1).state_dict())
     refit(loaded, make(1))
-    assert torch.equal(run(loaded), run(kiln.compile(make(1), **OPTIONS, **TORCH_OPS)))
+    assert torch.equal(run(loaded), fresh_outputs)
     # And it saves again with the new weights.
     kiln.save(loaded, path)
     assert torch.equal(run(kiln.load(path)), run(loaded))
 
 
-def test_wrong_arguments():
-    compiled = kiln.compile(make(0), **OPTIONS, **TORCH_OPS)
+def test_wrong_arguments(untouched):
+    before = run(untouched)
     with pytest.raises(RefitError, match="CompiledModule"):
         refit(make(0), make(1))
     with pytest.raises(RefitError, match="state dict"):
-        refit(compiled, [1, 2, 3])
+        refit(untouched, [1, 2, 3])
+    assert torch.equal(run(untouched), before)
