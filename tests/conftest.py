@@ -2,7 +2,6 @@
 
 import os
 
-import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -108,26 +107,3 @@ def _share_the_cores_between_xdist_workers() -> None:
 
 _share_the_cores_between_xdist_workers()
 
-
-def _widest_own_fixture_scope(item) -> str:
-    """The widest scope among the fixtures this suite defines that `item` uses ("function" if none is wider)."""
-    order = ["function", "class", "module", "package", "session"]
-    info = getattr(item, "_fixtureinfo", None)
-    widest = "function"
-    for defs in (info.name2fixturedefs.values() if info else ()):
-        for fixturedef in defs:
-            if fixturedef.baseid and order.index(fixturedef.scope) > order.index(widest):
-                widest = fixturedef.scope
-    return widest
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """`--dist loadgroup` hands tests to xdist workers one at a time; a test file whose tests share a module-
-    or session-scoped fixture of ours (a compiled model, a Ray Serve deployment) is kept on one worker, so
-    that fixture is built once, as without xdist."""
-    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") != "loadgroup":
-        return
-    for item in items:
-        if _widest_own_fixture_scope(item) != "function" and not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
