@@ -1,0 +1,118 @@
+"""Kernel sweeps on the GPU: Kiln's Triton GEMM and depthwise tile configs against cuBLAS / cuDNN.
+
+    PYTHONPATH=. python3 benchmarks/kernel_sweep.py gemm    # large GEMMs (ConvNeXt, ViT, BERT MLP shapes)
+    PYTHONPATH=. python3 benchmarks/kernel_sweep.py small   # batch-1 GEMMs
+    PYTHONPATH=. python3 benchmarks/kernel_sweep.py dw      # depthwise convs (ConvNeXt 7x7, EfficientNet 3x3 / 5x5)
+
+Each printed line is one shape as JSON: the library's time, then each config's, in microseconds of GPU
+time per call replayed from a CUDA graph (builder/timing.time_in_graph), or the error it hit. This is how
+the builder's candidate configs were chosen; models' speed is measured by compare.py. Results of the
+2026-11-25 H100 runs: docs/benchmarks/2026-11-25-h100-session3/kernel-sweeps.
+"""
+
+# ruff: noqa: B023  (each timed lambda runs before its loop moves on: no late binding to fear)
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from kiln.engine.builder.timing import time_in_graph  # noqa: E402
+from kiln.engine.kernels import triton_depthwise, triton_gemm  # noqa: E402
+from kiln.engine.kernels.codegen.program import Program  # noqa: E402
+
+GELU = Program(1, ({"kind": "unary", "op": "gelu", "args": [0], "attrs": {"op": "gelu", "approximate": "none"}},), (1,))
+# name, M, K, N, GELU epilogue
+LARGE = [
+    ("convnext_b128_s1_fc1", 401408, 96, 384, True), ("convnext_b128_s1_fc2", 401408, 384, 96, False),
+    ("convnext_b128_s2_fc1", 100352, 192, 768, True), ("convnext_b128_s2_fc2", 100352, 768, 192, False),
+    ("convnext_b128_s3_fc1", 25088, 384, 1536, True), ("convnext_b128_s3_fc2", 25088, 1536, 384, False),
+    ("vit_b64_fc1", 12608, 768, 3072, True), ("vit_b64_fc2", 12608, 3072, 768, False),
+    ("bert_b32_qkv", 4096, 768, 2304, False), ("bert_b32_fc1", 4096, 768, 3072, True),
+]  # fmt: skip
+SMALL = [
+    ("convnext_b1_s3_fc1", 196, 384, 1536, True), ("convnext_b1_s3_fc2", 196, 1536, 384, False),
+    ("convnext_b1_s4_fc1", 49, 768, 3072, True), ("convnext_b1_s4_fc2", 49, 3072, 768, False),
+    ("vit_b1_fc1", 197, 768, 3072, True), ("vit_b1_fc2", 197, 3072, 768, False), ("vit_b1_qkv", 197, 768, 2304, False),
+]  # fmt: skip
+SMALL_CONFIGS = [(64, 64, 64, 4, 3), (16, 64, 64, 4, 4), (32, 64, 64, 4, 4), (32, 32, 64, 2, 4), (16, 64, 128, 4, 3), (16, 32, 128, 2, 3)]
+# name, N, C, H = W, kernel, stride
+DEPTHWISE = [
+    ("convnext_b128_s1", 128, 96, 56, 7, 1), ("convnext_b128_s2", 128, 192, 28, 7, 1), ("convnext_b128_s3", 128, 384, 14, 7, 1),
+    ("effnet_b128_56", 128, 144, 56, 3, 1), ("effnet_b128_28_k5", 128, 240, 28, 5, 1),
+    ("convnext_b1_s1", 1, 96, 56, 7, 1), ("effnet_b1_112", 1, 32, 112, 3, 1),
+]  # fmt: skip
+DEPTHWISE_TILES = [(64, 64, 4), (32, 64, 4), (16, 128, 4), (64, 32, 4), (128, 32, 4), (32, 32, 2), (8, 128, 2), (64, 64, 8)]
+
+
+def us(fn) -> float:
+    return round(time_in_graph(fn) * 1000, 2)
+
+
+def checked(fn, out: torch.Tensor, ref: torch.Tensor, tolerance: float):
+    """The config's time, or why it has none (an error, or a wrong answer)."""
+    try:
+        fn()
+        torch.cuda.synchronize()
+        err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+        return us(fn) if err < tolerance else f"wrong: rel err {err:.3g}"
+    except Exception as exc:  # a config the compiler refuses is a result too
+        return f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def sweep_gemm(shapes, configs) -> None:
+    for name, m, k, n, gelu in shapes:
+        x = torch.randn(m, k, device="cuda", dtype=torch.half)
+        w = torch.randn(n, k, device="cuda", dtype=torch.half) * 0.05
+        b = torch.randn(n, device="cuda", dtype=torch.half)
+        out = torch.empty(m, n, device="cuda", dtype=torch.half)
+        program = GELU if gelu else None
+        ref = F.linear(x.float(), w.float(), b.float())
+        ref = F.gelu(ref) if gelu else ref
+        row = {"shape": name, "m": m, "k": k, "n": n, "gelu": gelu, "cublas": us(lambda: F.linear(x, w, b))}
+        if gelu:
+            row["cublas+gelu"] = us(lambda: F.gelu(F.linear(x, w, b)))
+        for label, config, tma in configs:
+            row[label] = checked(lambda c=config, t=tma: triton_gemm.gemm(x, w, b, [], program, c, out, tma=t), out, ref, 2e-2)
+        print(json.dumps(row), flush=True)
+
+
+def sweep_depthwise() -> None:
+    for name, batch, c, hw, k, stride in DEPTHWISE:
+        x = torch.randn(batch, c, hw, hw, device="cuda", dtype=torch.half).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(c, 1, k, k, device="cuda", dtype=torch.half) * 0.1
+        bias = torch.randn(c, device="cuda", dtype=torch.half)
+        taps = w[:, 0].permute(1, 2, 0).contiguous()
+        attrs = {"stride": [stride] * 2, "padding": [k // 2] * 2, "dilation": [1, 1], "groups": c, "transposed": False, "activation": None}
+        ref = F.conv2d(x.float(), w.float(), bias.float(), stride, k // 2, 1, c)
+        w_nhwc = w.contiguous(memory_format=torch.channels_last)
+        row = {"shape": name, "cudnn_nhwc": us(lambda: F.conv2d(x, w_nhwc, bias, stride, k // 2, 1, c))}
+        out = torch.empty_like(ref, dtype=torch.half).contiguous(memory_format=torch.channels_last)
+        for tile in DEPTHWISE_TILES:
+            run = lambda t=tile: triton_depthwise.depthwise(x, taps, bias, None, attrs, out, config=t)  # noqa: E731
+            row["x".join(map(str, tile))] = checked(run, out, ref, 1e-2)
+        print(json.dumps(row), flush=True)
+
+
+def main(argv=None) -> None:
+    part = (argv or sys.argv[1:] or ["gemm"])[0]
+    if part == "gemm":
+        configs = [(n, c, False) for n, c in triton_gemm.CONFIGS.items()] + [(n, c, True) for n, c in triton_gemm.TMA_CONFIGS.items()]
+        sweep_gemm(LARGE, configs)
+    elif part == "small":
+        sweep_gemm(SMALL, [("x".join(map(str, c)), c, False) for c in SMALL_CONFIGS])
+    elif part == "dw":
+        sweep_depthwise()
+    else:
+        raise SystemExit(f"unknown part {part!r}: choose gemm, small or dw")
+
+
+if __name__ == "__main__":
+    main()
