@@ -90,3 +90,30 @@ def run_outside_the_interpreter(module: str, tmp_path) -> None:
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-m", module], cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-4000:]
+
+
+def optimized_for_cuda(model, inputs, without=()):
+    """The model captured, converted and optimized as a CUDA build would (the CUDA-only fusion passes on, but
+    those named in `without`), then planned on the CPU: (network, plan). Fusions are checked this way without a GPU."""
+    import dataclasses
+
+    from kiln.api import make_settings
+    from kiln.capture.export import capture
+    from kiln.engine.builder.build import build_plan
+    from kiln.engine.convert import convert_graph
+    from kiln.engine.optimize import OPTIMIZE_PASSES, OptimizeContext
+    from kiln.lowering import lower
+    from kiln.partition import partition
+
+    settings = make_settings(model, inputs, {}, enabled_precisions={torch.half}, torch_executed_ops=(), device="cpu", min_block_size=1)
+    with torch.no_grad():
+        captured = capture(model, inputs, {}, settings)
+    parts = partition(lower(captured.graph_module), settings)
+    (block,) = parts.block_names
+    gm = getattr(parts.graph_module, block)
+    network = convert_graph(gm)
+    ctx = OptimizeContext(dataclasses.replace(settings, device=torch.device("cuda")), gm, captured)
+    for network_pass in OPTIMIZE_PASSES:
+        if network_pass.__name__ not in without:
+            network = network_pass(network, ctx)
+    return network, build_plan(network, settings)

@@ -19,6 +19,7 @@ from kiln.engine.ir.network import Layer, Network
 from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_pointwise import _fusable, group_program
+from kiln.engine.optimize.precision import with_fp32_members
 
 GEMM_KINDS = frozenset({"linear"})
 
@@ -60,7 +61,7 @@ def _absorb(network: Network, gemm: Layer, reader: Layer) -> Layer | None:
         return None
     if inputs.count(out) != 1:
         return None
-    attrs = {**gemm.attrs, "epilogue": program.to_json()}
+    attrs = with_fp32_members({**gemm.attrs, "epilogue": program.to_json()}, [gemm, reader])
     source = " + ".join(s for s in (gemm.source, reader.source) if s)
     # The fused layer writes the reader's output, in the reader's place.
     return Layer(gemm.kind, gemm.name, [*gemm.inputs, *inputs[1:]], list(reader.outputs), attrs, gemm.precision, source)

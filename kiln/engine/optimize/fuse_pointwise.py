@@ -28,6 +28,7 @@ from kiln.engine.ir.network import Layer, Network
 from kiln.engine.ir.symbolic import Dim
 from kiln.engine.kernels.codegen.program import OP_KINDS, VALUE_DTYPES, Program, is_generatable
 from kiln.engine.optimize import cuda_pass
+from kiln.engine.optimize.precision import with_fp32_members
 
 MAX_OPS = 32
 MAX_INPUTS = 8
@@ -144,10 +145,7 @@ def _fused_layer(network: Network, group: list[Layer]) -> Layer:
         "out_dtypes": [dtype_name(network.tensors[o].dtype) for o in outs],
         "fused_ops": [f"{m.kind}:{m.attrs.get('op', m.attrs.get('dtype', ''))}" for m in group],
     }
-    # Members an FP32 rule kept wide still compute in FP32 inside the kernel; the report names them.
-    wide = {m.name: m.attrs["fp32_reason"] for m in group if "fp32_reason" in m.attrs}
-    if wide:
-        attrs["fp32_members"] = wide
+    attrs = with_fp32_members(attrs, group)
     last = group[-1]
     source = " + ".join(s for s in (m.source for m in group) if s)
     return Layer("fused_pointwise", last.name, inputs, outs, attrs, last.precision, source)

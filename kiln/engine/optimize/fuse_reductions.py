@@ -24,6 +24,7 @@ from kiln.engine.kernels.fused_reduction import has_generated
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_gemm_epilogue import _with_first
 from kiln.engine.optimize.fuse_pointwise import _fusable, group_program
+from kiln.engine.optimize.precision import with_fp32_members
 from kiln.engine.optimize.reshaped_prologue import reshaped_prologue
 
 # More inputs than this makes a kernel with too many pointer arguments to stay cheap to launch.
@@ -102,7 +103,7 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
         "fused_ops": [op for m in members for op in _ops(m)],
     }
     source = " + ".join(m.source for m in members if m.source)
-    fused = Layer("fused_reduction", reduction.name, inputs, outputs, attrs, reduction.precision, source)
+    fused = Layer("fused_reduction", reduction.name, inputs, outputs, with_fp32_members(attrs, members), reduction.precision, source)
     return fused, {m.name for m in members}
 
 

@@ -33,6 +33,7 @@ from kiln.engine.kernels.triton_reduce import as_reduction
 from kiln.engine.kernels.triton_squeeze_excite import fits
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_pointwise import _fusable, group_program
+from kiln.engine.optimize.precision import with_fp32_members
 
 MEAN_KINDS = frozenset({"reduce", "pool"})
 
@@ -83,6 +84,7 @@ def _match(network: Network, mean: Layer) -> tuple[Layer, list[Layer]] | None:
     }
     source = " + ".join(m.source for m in members if m.source)
     last = members[-1]
+    attrs = with_fp32_members(attrs, members)
     fused = Layer("squeeze_excite", last.name, [mean.inputs[0], *params], [value], attrs, last.precision, source)
     return fused, members
 

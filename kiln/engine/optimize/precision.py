@@ -147,11 +147,21 @@ def _new_cast(network: Network, desc: TensorDesc, dtype: torch.dtype) -> tuple[L
 
 
 def kept_fp32(network_layers: list[Layer]) -> dict[str, str]:
-    """Layer name -> why it computes in FP32, fused layers' members included (optimize/fuse_pointwise.py)."""
+    """Layer name -> why it computes in FP32, fused layers' members included (every fusion records them)."""
     kept = {}
     for layer in network_layers:
         if "fp32_reason" in layer.attrs:
             kept[layer.name] = layer.attrs["fp32_reason"]
         kept.update(layer.attrs.get("fp32_members", {}))
     return kept
+
+
+def with_fp32_members(attrs: dict, members) -> dict:
+    """`attrs` of a layer fused from `members`, naming the members an FP32 rule kept wide.
+
+    They still compute in FP32 inside the fused kernel; without this the report's "kept in FP32"
+    list lost them whenever a fusion swallowed them (seen on the H100: exp + sum fused into one
+    fused_reduction left the list empty)."""
+    wide = kept_fp32(list(members))
+    return {**attrs, "fp32_members": wide} if wide else attrs
 

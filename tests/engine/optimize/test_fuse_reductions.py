@@ -14,7 +14,7 @@ from kiln.engine.optimize.layout import mark_channels_last
 from kiln.engine.plan import Step
 from kiln.engine.runtime import PlanExecutor
 from kiln.settings import CompileSettings
-from tests.helpers import relative_error
+from tests.helpers import optimized_for_cuda, relative_error
 
 # CPU plans with the Triton tactics swapped in run only in Triton's interpreter; on a GPU, tests/gpu/test_generated.py
 # compiles the same blocks for CUDA.
@@ -83,32 +83,6 @@ def test_a_reader_before_the_reduction_keeps_the_prologue_out():
     assert kinds[:3] == ["binary", "unary", "norm"], kinds
 
 
-def _optimized_for_cuda_plan(model, inputs, without=()):
-    """The model captured, converted and optimized as a CUDA build would (fusion passes on, but those named in
-    `without`), then planned on the CPU."""
-    import dataclasses
-
-    from kiln.api import make_settings
-    from kiln.capture.export import capture
-    from kiln.engine.convert import convert_graph
-    from kiln.engine.optimize import OPTIMIZE_PASSES, OptimizeContext
-    from kiln.lowering import lower
-    from kiln.partition import partition
-
-    settings = make_settings(model, inputs, {}, enabled_precisions={torch.half}, torch_executed_ops=(), device="cpu", min_block_size=1)
-    with torch.no_grad():
-        captured = capture(model, inputs, {}, settings)
-    parts = partition(lower(captured.graph_module), settings)
-    (block,) = parts.block_names
-    gm = getattr(parts.graph_module, block)
-    network = convert_graph(gm)
-    ctx = OptimizeContext(dataclasses.replace(settings, device=torch.device("cuda")), gm, captured)
-    for network_pass in OPTIMIZE_PASSES:
-        if network_pass.__name__ not in without:
-            network = network_pass(network, ctx)
-    return network, build_plan(network, settings)
-
-
 @pytest.mark.parametrize("case", ["poolformer", "shifted_windows"])
 def test_real_blocks_fuse_and_their_generated_plans_match(case):
     """PoolFormer's block and Swin's shifted-window attention, through capture, conversion and the CUDA optimize passes;
@@ -123,7 +97,7 @@ def test_real_blocks_fuse_and_their_generated_plans_match(case):
         model, inputs = WindowAttention(tokens=9, dim=8, shifted_windows=2).eval(), [torch.randn(4, 3, 9, 8) for _ in range(3)]
     # Whole window attention becomes one attention layer (optimize/fuse_attention.py); here its softmax with the
     # bias and mask across reshapes is the fused reduction under test, as where the attention pattern does not match.
-    network, plan = _optimized_for_cuda_plan(model, inputs, without=("fuse_attention",))
+    network, plan = optimized_for_cuda(model, inputs, without=("fuse_attention",))
     fused = [m for m in network.layers if m.kind == "fused_reduction"]
     assert len(fused) == (4 if case == "poolformer" else 1)
     values = [x.half().contiguous(memory_format=torch.channels_last) if x.dim() == 4 and case == "poolformer" else x.half() for x in inputs]

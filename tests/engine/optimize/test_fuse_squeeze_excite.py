@@ -2,7 +2,6 @@
 becomes one `squeeze_excite` layer; the plan gives eager's outputs on its reference tactics and with the generated
 gate kernel (every config) and the unfused GEMMs swapped in (Triton's interpreter)."""
 
-import dataclasses
 import json
 
 import pytest
@@ -10,14 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kiln.engine.builder.build import build_plan
 from kiln.engine.ir.network import Layer, Network
 from kiln.engine.kernels.triton_squeeze_excite import CONFIGS, MAX_HIDDEN, triton
 from kiln.engine.optimize.fuse_squeeze_excite import fuse_squeeze_excite_gates
 from kiln.engine.plan import Step
 from kiln.engine.runtime import PlanExecutor
 from tests.engine.optimize.test_fuse_pointwise import run
-from tests.helpers import relative_error
+from tests.helpers import optimized_for_cuda, relative_error
 
 CONV = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "transposed": False, "output_padding": [0, 0], "groups": 1}
 
@@ -45,25 +43,6 @@ class SEBlock(nn.Module):
         else:  # mean without keepdim -> linear -> ReLU -> linear -> sigmoid -> view
             g = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3)))))).view(x.shape[0], -1, 1, 1)
         return self.proj(x * g)
-
-
-def optimized_for_cuda(model, inputs):
-    """The model captured, converted and optimized as a CUDA build would (fusion passes on), then planned on the CPU."""
-    from kiln.api import make_settings
-    from kiln.capture.export import capture
-    from kiln.engine.convert import convert_graph
-    from kiln.engine.optimize import optimize_network
-    from kiln.lowering import lower
-    from kiln.partition import partition
-
-    settings = make_settings(model, inputs, {}, enabled_precisions={torch.half}, torch_executed_ops=(), device="cpu", min_block_size=1)
-    with torch.no_grad():
-        captured = capture(model, inputs, {}, settings)
-    parts = partition(lower(captured.graph_module), settings)
-    (block,) = parts.block_names
-    gm = getattr(parts.graph_module, block)
-    network = optimize_network(convert_graph(gm), gm, captured, dataclasses.replace(settings, device=torch.device("cuda")))
-    return network, build_plan(network, settings)
 
 
 @pytest.mark.skipif(triton is None or torch.cuda.is_available(), reason="needs Triton's interpreter (no GPU)")
