@@ -234,7 +234,7 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
-        reserved_base = torch.cuda.memory_reserved()
+        held_with = None
         torch.cuda.reset_peak_memory_stats()
         row = {"model": model_name, "batch": batch, "mode": mode, "weights_mb": round(weights_mb, 1)}
         print(f"[{model_name} b{batch}] {mode} ...", flush=True)
@@ -255,9 +255,7 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
             row["peak_mem_mb"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
             gc.collect()
             torch.cuda.empty_cache()
-            # What the mode keeps after its calls (its weights copy, buffers, graph pools), beyond the shared model:
-            # reserved memory with the allocator's free cache returned, measured the same way for every mode.
-            row["held_mb"] = round((torch.cuda.memory_reserved() - reserved_base) / 2**20, 1)
+            held_with = torch.cuda.memory_reserved()
             compiled = info.pop("_compiled", None)
             if compiled is not None:
                 row["kiln_memory"] = {k: round(v / 2**20, 1) for k, v in compiled.memory().to_json().items() if k != "per_engine"}
@@ -277,9 +275,18 @@ def run_case(model_name: str, batch: int, modes: list[str], args, profiles: list
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             traceback.print_exc()
         finally:
-            fn = info = compiled = None  # noqa: F841
+            fn = info = compiled = out = None  # noqa: F841
             if mode == "inductor-ro":
                 torch._dynamo.reset()
+            if held_with is not None:
+                # What the mode keeps after its calls (its weights copy, buffers, graph pools): the reserved memory
+                # that releasing it gives back, with the allocator's free cache returned. Taken as a difference
+                # from a baseline before the mode instead, it went negative for torch.compile in every H100 run
+                # (-54 to -1496 MB): memory unrelated to the mode was freed while it ran.
+                gc.collect()
+                torch.cuda.empty_cache()
+                torch.cuda.synchronize()
+                row["held_mb"] = round((held_with - torch.cuda.memory_reserved()) / 2**20, 1)
         rows.append(row)
     del model
     return rows
