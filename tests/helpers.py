@@ -92,20 +92,21 @@ def run_outside_the_interpreter(module: str, tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-4000:]
 
 
-def optimized_for_cuda(model, inputs, without=()):
-    """The model captured, converted and optimized as a CUDA build would (the CUDA-only fusion passes on, but
-    those named in `without`), then planned on the CPU: (network, plan). Fusions are checked this way without a GPU."""
+def network_as_cuda_build(model, inputs, without=(), only=None, precisions=frozenset({torch.half})):
+    """The model captured, converted and optimized as a CUDA build would, on the CPU: (network, settings).
+
+    Every optimize pass runs (the CUDA-only fusions too), but those named in `without`, or only those in
+    `only`. Fusions are checked this way without a GPU; the settings are the CPU build's, for planning."""
     import dataclasses
 
     from kiln.api import make_settings
     from kiln.capture.export import capture
-    from kiln.engine.builder.build import build_plan
     from kiln.engine.convert import convert_graph
     from kiln.engine.optimize import OPTIMIZE_PASSES, OptimizeContext
     from kiln.lowering import lower
     from kiln.partition import partition
 
-    settings = make_settings(model, inputs, {}, enabled_precisions={torch.half}, torch_executed_ops=(), device="cpu", min_block_size=1)
+    settings = make_settings(model, inputs, {}, enabled_precisions=set(precisions), torch_executed_ops=(), device="cpu", min_block_size=1)
     with torch.no_grad():
         captured = capture(model, inputs, {}, settings)
     parts = partition(lower(captured.graph_module), settings)
@@ -114,6 +115,15 @@ def optimized_for_cuda(model, inputs, without=()):
     network = convert_graph(gm)
     ctx = OptimizeContext(dataclasses.replace(settings, device=torch.device("cuda")), gm, captured)
     for network_pass in OPTIMIZE_PASSES:
-        if network_pass.__name__ not in without:
+        name = network_pass.__name__
+        if name not in without and (only is None or name in only):
             network = network_pass(network, ctx)
+    return network, settings
+
+
+def optimized_for_cuda(model, inputs, without=()):
+    """network_as_cuda_build's network with every pass but `without`, and its plan: (network, plan)."""
+    from kiln.engine.builder.build import build_plan
+
+    network, settings = network_as_cuda_build(model, inputs, without)
     return network, build_plan(network, settings)

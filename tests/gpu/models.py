@@ -27,6 +27,38 @@ class SmallCNN(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt's block: 7x7 depthwise, LayerNorm over channels (NHWC), GELU MLP, layer scale, residual.
+
+    Two spellings of the tail: the layer scale before the permute back to NCHW, or (timm's, `timm_order`)
+    after it, where only sinking the permute lets the fc2 GEMM take the scale and residual as its epilogue."""
+
+    def __init__(self, dim=64, timm_order=False):
+        super().__init__()
+        self.timm_order = timm_order
+        self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x):
+        y = self.fc2(F.gelu(self.fc1(self.norm(self.dw(x).permute(0, 2, 3, 1)))))
+        if self.timm_order:
+            return x + y.permute(0, 3, 1, 2).mul(self.gamma.reshape(1, -1, 1, 1))
+        return x + (self.gamma * y).permute(0, 3, 1, 2)
+
+
+class ExpSum(nn.Module):
+    """A layer whose FP16 result would overflow: exp(12) = 162755 > 65504, so exp and the sum must stay FP32."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32, 32)
+
+    def forward(self, x):
+        return torch.exp(self.fc(x) + 12.0).sum(-1)
+
+
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()

@@ -7,25 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import kiln
+from tests.gpu.models import ConvNeXtBlock
 from tests.helpers import relative_error
 
 CUDA = torch.device("cuda")
-
-
-class ConvNeXtBlock(nn.Module):
-    """ConvNeXt's block: 7x7 depthwise, LayerNorm over channels (NHWC), GELU MLP, layer scale, residual."""
-
-    def __init__(self, dim=64):
-        super().__init__()
-        self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim)
-        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-        self.gamma = nn.Parameter(torch.rand(dim) + 0.5)
-
-    def forward(self, x):
-        y = self.dw(x).permute(0, 2, 3, 1)
-        y = self.fc2(F.gelu(self.fc1(self.norm(y))))
-        return x + (self.gamma * y).permute(0, 3, 1, 2)
 
 
 class SwishGate(nn.Module):

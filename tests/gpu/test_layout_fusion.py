@@ -2,29 +2,13 @@
 the fc2 epilogue) and row moves composed into one gather (Swin's roll + window partition), against eager."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import kiln
-from tests.gpu.models import ShiftedWindowAttention
+from tests.gpu.models import ConvNeXtBlock, ShiftedWindowAttention
 from tests.helpers import relative_error
 
 CUDA = torch.device("cuda")
-
-
-class TimmConvNeXtBlock(nn.Module):
-    """timm's spelling: the MLP runs NHWC, the permute back to NCHW comes before the layer-scale multiply."""
-
-    def __init__(self, dim=64):
-        super().__init__()
-        self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim)
-        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-        self.gamma = nn.Parameter(torch.rand(dim) + 0.5)
-
-    def forward(self, x):
-        y = self.fc2(F.gelu(self.fc1(self.norm(self.dw(x).permute(0, 2, 3, 1)))))
-        return x + y.permute(0, 3, 1, 2).mul(self.gamma.reshape(1, -1, 1, 1))
 
 
 def _compile_and_check(model, x, tol=2e-2):
@@ -40,7 +24,8 @@ def _compile_and_check(model, x, tol=2e-2):
 def test_convnext_layer_scale_and_residual_run_in_the_fc2_epilogue():
     torch.manual_seed(0)
     # Two blocks: the last one's tail also casts the network output to FP32, which a GEMM epilogue does not take.
-    steps = _compile_and_check(nn.Sequential(TimmConvNeXtBlock(), TimmConvNeXtBlock()), torch.randn(4, 64, 14, 14, device=CUDA))
+    blocks = nn.Sequential(ConvNeXtBlock(timm_order=True), ConvNeXtBlock(timm_order=True))
+    steps = _compile_and_check(blocks, torch.randn(4, 64, 14, 14, device=CUDA))
     epilogues = [s.layer.attrs["epilogue"] for s in steps if s.layer.kind == "linear" and s.layer.attrs.get("epilogue")]
     assert any([op["op"] for op in e["ops"]] == ["mul", "add"] for e in epilogues), epilogues
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import kiln
-from tests.gpu.models import MLP, SmallCNN, TinyAttention, init_bn
+from tests.gpu.models import MLP, ExpSum, SmallCNN, TinyAttention, init_bn
 from tests.helpers import relative_error
 
 CUDA = torch.device("cuda")
@@ -73,15 +73,6 @@ def test_timm_efficientnet_fp16_matches_fp32():
 
 
 def test_overflowing_layers_kept_fp32_and_reported():
-    class ExpSum(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = torch.nn.Linear(32, 32)
-
-        def forward(self, x):
-            # exp(12) = 162755 > 65504: in FP16 this would be inf.
-            return torch.exp(self.fc(x) + 12.0).sum(-1)
-
     model = ExpSum().to(CUDA).eval()
     x = torch.randn(8, 32, device=CUDA) * 0.1
     compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1)

@@ -2,7 +2,6 @@
 eager's outputs: on the reference tactic (SDPA) and on the unfused tactic (bmm, generated softmax, bmm; Triton's
 interpreter without a GPU). Chains that are not attention over the last dim are left alone."""
 
-import dataclasses
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from kiln.engine.kernels.attention_unfused import triton
 from kiln.engine.optimize.fuse_attention import choose_split, finest_batch, fuse_attention_layers
 from kiln.engine.plan import Step
 from kiln.engine.runtime import PlanExecutor
-from tests.helpers import relative_error
+from tests.helpers import network_as_cuda_build, relative_error
 
 HEADS, TOKENS, DIM = 3, 6, 8
 
@@ -59,26 +58,8 @@ class Attention(nn.Module):
 
 def converted(model, inputs, half=False):
     """The model captured, lowered and converted as a build would, before any optimize pass except precision."""
-    from kiln.api import make_settings
-    from kiln.capture.export import capture
-    from kiln.engine.convert import convert_graph
-    from kiln.engine.optimize import OPTIMIZE_PASSES, OptimizeContext
-    from kiln.lowering import lower
-    from kiln.partition import partition
-
     precisions = {torch.half} if half else {torch.float32}
-    settings = make_settings(model, inputs, {}, enabled_precisions=precisions, torch_executed_ops=(), device="cpu", min_block_size=1)
-    with torch.no_grad():
-        captured = capture(model, inputs, {}, settings)
-    parts = partition(lower(captured.graph_module), settings)
-    (block,) = parts.block_names
-    gm = getattr(parts.graph_module, block)
-    network = convert_graph(gm)
-    ctx = OptimizeContext(dataclasses.replace(settings, device=torch.device("cuda")), gm, captured)
-    for network_pass in OPTIMIZE_PASSES:
-        if network_pass.__name__ in ("bind_symbols", "place_quantization", "assign_precision"):
-            network = network_pass(network, ctx)
-    return network, settings
+    return network_as_cuda_build(model, inputs, only=("bind_symbols", "place_quantization", "assign_precision"), precisions=precisions)
 
 
 def run_plan(network, settings, values, tactic=None):

@@ -108,15 +108,8 @@ def test_fused_layers_still_report_the_members_kept_in_fp32():
     # On the H100 the report's "kept in FP32" list came back empty: exp + sum became one fused_reduction
     # (and the add before exp the linear's epilogue), and the fusions dropped the members' reasons.
     from kiln.engine.optimize.precision import kept_fp32
+    from tests.gpu.models import ExpSum
     from tests.helpers import optimized_for_cuda
-
-    class ExpSum(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = torch.nn.Linear(32, 32)
-
-        def forward(self, x):
-            return torch.exp(self.fc(x) + 12.0).sum(-1)
 
     network, _ = optimized_for_cuda(ExpSum().eval(), [torch.randn(8, 32)])
     assert "fused_reduction" in [layer.kind for layer in network.layers]
