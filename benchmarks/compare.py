@@ -136,7 +136,7 @@ def build_mode(mode: str, model_name: str, model: torch.nn.Module, x: torch.Tens
         return (lambda: compiled(*xi)), {"channels_last": cnn}
     if mode == "kiln":
         compiled = kiln.compile(model, inputs=list(xs), enabled_precisions={torch.half}, timing_cache_path=args.timing_cache)
-        info = {"engine": compiled.report.summary()}
+        info = engine_info(compiled)
         return (lambda: compiled(*xs)), {**info, "_compiled": compiled}
     if mode in QUANTIZED_MODES and hf_models.is_hf(model_name):
         raise ValueError(f"{mode} calibrates on random images or token ids; it does not take the inputs of {model_name}")
@@ -152,9 +152,15 @@ def build_mode(mode: str, model_name: str, model: torch.nn.Module, x: torch.Tens
         quantization = compiled.report.quantization
         low = sum(1 for record in quantization.values() for row in record["rows"] if not row[2].startswith("kept"))
         total = sum(len(record["rows"]) for record in quantization.values())
-        info = {"engine": compiled.report.summary(), "quantized_layers": f"{low}/{total}"}
+        info = {**engine_info(compiled), "quantized_layers": f"{low}/{total}"}
         return (lambda: compiled(*xs)), {**info, "_compiled": compiled}
     raise ValueError(f"unknown mode {mode!r}; choose from {MODES + list(QUANTIZED_MODES)}")
+
+
+def engine_info(compiled) -> dict:
+    """The partition summary (which ends with the engine kernels per forward, before and after fusion), and those two
+    numbers on their own so the results JSON can be compared across runs."""
+    return {"engine": compiled.report.summary(), "kernels_per_forward": compiled.report.kernels_per_forward()}
 
 
 def calibration_batch(xs: tuple, generator: torch.Generator) -> torch.Tensor | tuple:

@@ -136,6 +136,7 @@ def compile_captured(
         engine = EngineModule(plan, name)
         setattr(gm, name, engine)
         report.layers[name] = [(s.layer.name, s.layer.kind, s.tactic, s.layer.source, s.timings.get(s.tactic)) for s in plan.steps]
+        report.record_kernels(name, plan)
         record_quantization(report, name, plan, block)
         if settings.sparse_weights:
             record_sparsity(report, name, plan.steps)

@@ -73,6 +73,10 @@ class Plan:
     tune_new_shapes: bool = False
     # Streams that may run this engine at once, each in its own buffers (runtime/cuda_graphs.py).
     max_execution_contexts: int = 4
+    # Layers that launch work per forward pass before Kiln's fusions and in this plan (optimize/kernel_count.py
+    # says what counts); None in plans saved before they were counted.
+    kernels_unfused: int | None = None
+    kernels: int | None = None
 
     def to_json(self) -> dict:
         """Everything but the weight values (those go to safetensors under their tensor names)."""
@@ -92,6 +96,8 @@ class Plan:
             "max_cuda_graphs": self.max_cuda_graphs,
             "tune_new_shapes": self.tune_new_shapes,
             "max_execution_contexts": self.max_execution_contexts,
+            "kernels_unfused": self.kernels_unfused,
+            "kernels": self.kernels,
         }
 
     @classmethod
@@ -113,4 +119,10 @@ class Plan:
             max_cuda_graphs=int(data.get("max_cuda_graphs", 16)),
             tune_new_shapes=bool(data.get("tune_new_shapes", False)),
             max_execution_contexts=int(data.get("max_execution_contexts", 4)),
+            kernels_unfused=_optional_int(data.get("kernels_unfused")),
+            kernels=_optional_int(data.get("kernels")),
         )
+
+
+def _optional_int(value) -> int | None:
+    return None if value is None else int(value)

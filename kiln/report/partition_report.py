@@ -24,6 +24,8 @@ class PartitionReport:
     warnings: list[str] = field(default_factory=list)
     # INT8/FP8: engine block name -> kiln.report.quantization.quantization_record
     quantization: dict[str, dict] = field(default_factory=dict)
+    # engine block name -> [plan steps, kernels per forward before fusion, after] (optimize/kernel_count.py)
+    kernels: dict[str, list] = field(default_factory=dict)
 
     @property
     def engine_ops(self) -> int:
@@ -40,13 +42,33 @@ class PartitionReport:
     def fallback_reasons(self) -> Counter:
         return Counter(f"{r.op}: {r.reason}" for r in self.fallback)
 
+    def record_kernels(self, block: str, plan) -> None:
+        self.kernels[block] = [len(plan.steps), plan.kernels_unfused, plan.kernels]
+
+    def kernels_per_forward(self) -> tuple[int, int] | None:
+        """Kernels per forward pass over all engine blocks, (before fusion, after); None if a block was not counted."""
+        counts = list(self.kernels.values())
+        if not counts or any(c[1] is None or c[2] is None for c in counts):
+            return None
+        return sum(c[1] for c in counts), sum(c[2] for c in counts)
+
     def summary(self) -> str:
         total = len(self.rows)
         pct = 100.0 * self.engine_ops / total if total else 0.0
-        return (
+        text = (
             f"{self.engine_ops} of {total} ops ({pct:.0f}%) run on the Kiln engine in {len(self.blocks)} block(s); "
             f"{self.pytorch_ops} run in PyTorch."
         )
+        kernels = self.kernels_per_forward()
+        if kernels is not None:
+            text += f" Engine kernels per forward: {kernels[0]} before fusion -> {kernels[1]} after."
+        return text
+
+    def kernels_line(self, block: str) -> str:
+        steps, before, after = self.kernels[block]
+        if before is None or after is None:
+            return f"{block}: {steps} layers (kernels per forward not counted: built by an older Kiln)"
+        return f"{block}: {steps} layers after fusion (kernels per forward: {before} -> {after}; views launch none)"
 
     def table(self) -> str:
         body = format_table(
@@ -61,6 +83,8 @@ class PartitionReport:
             parts.append(format_table(["op: reason", "count"], [[k, v] for k, v in self.fallback_reasons().most_common()]))
         for block, layers in self.layers.items():
             parts.append(f"{block}: layers and tactics")
+            if block in self.kernels:
+                parts.append(self.kernels_line(block))
             parts.append(format_table(["layer", "kind", "tactic", "from", "ms"], [list(row) for row in layers]))
         if self.sparsity:
             parts.append(sparsity_table(self.sparsity))
@@ -81,6 +105,7 @@ class PartitionReport:
             "sparsity": {k: [list(x) for x in v] for k, v in self.sparsity.items()},
             "warnings": self.warnings,
             "quantization": self.quantization,
+            "kernels": self.kernels,
         }
 
     @classmethod
@@ -91,4 +116,5 @@ class PartitionReport:
         report.sparsity = {k: [tuple(x) for x in v] for k, v in data.get("sparsity", {}).items()}
         report.warnings = [str(w) for w in data.get("warnings", [])]
         report.quantization = dict(data.get("quantization", {}))
+        report.kernels = {k: list(v) for k, v in data.get("kernels", {}).items()}
         return report

@@ -193,6 +193,8 @@ def assemble_plan(network: Network, settings: CompileSettings, steps: list[Step]
         max_cuda_graphs=settings.max_cuda_graphs,
         tune_new_shapes=settings.tune_new_shapes,
         max_execution_contexts=settings.max_execution_contexts,
+        kernels_unfused=network.kernels_unfused,
+        kernels=network.kernels,
     )
 
 

@@ -78,6 +78,9 @@ class Network:
     layers: list[Layer] = field(default_factory=list)
     constants: dict[str, torch.Tensor] = field(default_factory=dict)
     symbols: dict[str, SymbolRange] = field(default_factory=dict)
+    # Layers that launch work before the fusion passes and after the last pass (optimize/kernel_count.py).
+    kernels_unfused: int | None = None
+    kernels: int | None = None
     _used_names: set[str] = field(default_factory=set, repr=False)
 
     def new_name(self, base: str) -> str:

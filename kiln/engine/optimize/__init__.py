@@ -55,6 +55,7 @@ def optimize_network(network: Network, block, captured, settings: CompileSetting
 # - bind_symbols first: every later pass sees the symbolic dims bound;
 # - precision before the fusions, so fusions see final dtypes and the boundary casts it inserts;
 #   8-bit placement just before it (it decides which layers precision must leave alone);
+# - the unfused kernel count right after precision (its casts launch work too), the final count last of all;
 # - hand-written attention first of the fusions, while its adds and softmax are still layers of their own;
 # - conv epilogues, then input scales (before pointwise fusion, which would take the multiply),
 #   then pointwise groups, then row moves composed into gathers, then views sunk below them (so a GEMM meets its element-wise reader), then
@@ -67,6 +68,7 @@ PASS_ORDER = [
     "bind_symbols",
     "place_quantization",
     "assign_precision",
+    "count_unfused_kernels",
     "fuse_attention",
     "fuse_conv_epilogues",
     "fuse_input_scale",
@@ -79,6 +81,7 @@ PASS_ORDER = [
     "assign_channels_last",
     "mark_views",
     "mark_2to4_weights",
+    "count_kernels",
 ]
 
 from kiln.engine.optimize import bind_symbols, fuse_conv, fuse_gemm_epilogue, fuse_input_scale, fuse_pointwise  # noqa: E402, F401, I001
@@ -86,6 +89,7 @@ from kiln.engine.optimize import fuse_reductions, fuse_squeeze_excite  # noqa: E
 from kiln.engine.optimize import layout, precision, quantize_placement, sparse_weights, views  # noqa: E402, F401, I001
 from kiln.engine.optimize import compose_gathers, sink_views  # noqa: E402, F401, I001
 from kiln.engine.optimize import fuse_attention  # noqa: E402, F401, I001
+from kiln.engine.optimize import kernel_count  # noqa: E402, F401, I001
 
 OPTIMIZE_PASSES: list = [_REGISTERED[name] for name in PASS_ORDER]
 if set(_REGISTERED) != set(PASS_ORDER):

@@ -17,6 +17,7 @@ import torch
 
 from kiln.engine.builder.timing import cudnn_autotune, time_on_gpu
 from kiln.engine.kernels.registry import RunContext
+from kiln.report.fused_groups import fused_group
 from kiln.report.table import format_table
 
 
@@ -28,6 +29,8 @@ class LayerTime:
     tactic: str
     shape: str
     ms: float
+    # What a fused layer computes ("conv+add+relu"; report/fused_groups.py), so its row is the time of that group.
+    fused: str = ""
 
 
 @dataclass
@@ -50,8 +53,8 @@ class Profile:
         ranked = sorted(self.rows, key=lambda r: -r.ms)
         shown = ranked if top is None else ranked[:top]
         body = format_table(
-            ["layer", "kind", "tactic", "output", "ms", "%"],
-            [[r.layer, r.kind, r.tactic, r.shape, f"{r.ms:.4f}", f"{100 * r.ms / layer_sum:.1f}"] for r in shown],
+            ["layer", "kind", "fused ops", "tactic", "output", "ms", "%"],
+            [[r.layer, r.kind, r.fused, r.tactic, r.shape, f"{r.ms:.4f}", f"{100 * r.ms / layer_sum:.1f}"] for r in shown],
         )
         kinds = format_table(
             ["kind", "layers", "ms", "%"], [[k, n, f"{ms:.4f}", f"{100 * ms / layer_sum:.1f}"] for k, n, ms in self.by_kind()]
@@ -96,7 +99,7 @@ def profile_engine(engine, inputs: list[torch.Tensor], profile: Profile | None =
             for s, r in zip(outs, results):
                 values[s] = r
             shape = "x".join(str(d) for d in results[0].shape) if results else ""
-            profile.rows.append(LayerTime(engine.name, layer.name, layer.kind, step.tactic, shape, ms))
+            profile.rows.append(LayerTime(engine.name, layer.name, layer.kind, step.tactic, shape, ms, fused_group(layer)))
             for s in frees:
                 values[s] = None
         profile.engine_ms[engine.name] = measure_call(lambda: engine(*inputs))
