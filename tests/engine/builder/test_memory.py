@@ -53,3 +53,26 @@ def test_sizes_come_from_the_max_symbol_values():
     net.outputs.append(a.name)
     arena = plan_arena(net.layers, net.tensors, net.outputs, {"s0": SymbolRange("s0", 1, 8, 32)})
     assert arena.offsets[a.name] == (0, 32 * 16 * 2)
+
+
+FRESH_CASES = {
+    "norm": ([torch.randn(2, 4, 5, 5), torch.ones(4), torch.zeros(4), None, None], {"type": "group", "groups": 2, "eps": 1e-5}),
+    "pool": ([torch.randn(2, 4, 5, 5)], {"op": "adaptive_avg", "output_size": [5, 5]}),  # the same size as its input
+    "softmax": ([torch.randn(3, 7)], {"op": "softmax", "dim": -1}),
+    "index_select": ([torch.randn(6, 3), torch.tensor([0, 1, 2, 3, 4, 5])], {"dim": 0}),  # every row, in order
+}
+
+
+def test_the_new_fresh_kinds_never_hand_back_their_input():
+    # The planner ends a tensor's lifetime at its last reader only for FRESH_KINDS: a reference that returned a
+    # view of its input (a pool to the input's own size, a gather of every row in order) would let the arena hand
+    # those bytes to another tensor while they are still read. Each reference here must compute a new tensor.
+    from kiln.engine.builder.memory import FRESH_KINDS
+    from kiln.engine.ir.network import Layer
+    from kiln.engine.kernels.registry import REFERENCE, RunContext, get_tactic
+
+    for kind, (inputs, attrs) in FRESH_CASES.items():
+        assert kind in FRESH_KINDS
+        out = get_tactic(kind, REFERENCE).fn(Layer(kind, kind, [], ["y"], attrs), inputs, RunContext({}))
+        shared = {t.untyped_storage().data_ptr() for t in inputs if t is not None}
+        assert out.untyped_storage().data_ptr() not in shared, kind
