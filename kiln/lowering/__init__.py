@@ -11,7 +11,7 @@ from kiln.lowering.scalar_tensors import scalar_to_tensor
 from kiln.quantize.qdq_graph import rewrite_quantize_dequantize
 
 # PT2E quantize/dequantize pairs become fake-quantize ops before folding could erase their scales.
-LOWERING_PASSES = [remove_identity, rewrite_quantize_dequantize, canonicalize_views, scalar_to_tensor, fold_batch_norm, fold_constants]
+LOWERING_PASSES = [remove_identity, rewrite_quantize_dequantize, fold_batch_norm, canonicalize_views, scalar_to_tensor, fold_constants]
 
 
 def lower(gm: GraphModule) -> GraphModule:

@@ -1,52 +1,93 @@
+"""Inference BatchNorm after a conv or a linear becomes that layer's weights: one layer, no norm pass.
+
+A conv (not transposed) feeding a BatchNorm of its channels, or a linear feeding a BatchNorm of its
+output features, possibly through views that only merge the leading dims (LeViT's LinearNorm:
+`bn(linear(x).flatten(0, 1)).reshape_as(...)`, 60 of LeViT-128's layers), computes
+    gamma * (W x + b - mean) / sqrt(var + eps) + beta = (scale * W) x + (scale * (b - mean) + beta)
+with scale = gamma / sqrt(var + eps) per output channel. Only when every weight and statistic is
+a frozen constant and each node on the way has the next as its only user. Folding is done in
+float64 so that the folded FP32 weights round once rather than compounding errors.
+"""
+
 import operator
 
 import torch
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
 from kiln.lowering.constants import add_constant, constant_of
 
 aten = torch.ops.aten
 _BATCH_NORM = aten._native_batch_norm_legit_no_training.default
+# Views a linear's output may pass through on its way to the norm, if they keep its features the last dim.
+_VIEWS = frozenset({aten.view.default, aten.reshape.default, aten._unsafe_view.default})
 
 
 def fold_batch_norm(gm: GraphModule) -> GraphModule:
-    """Conv → inference BatchNorm becomes one conv with rescaled weights and a new bias.
-
-    Only when the conv's sole user is the BatchNorm, the conv is not transposed, and all
-    weights and statistics are frozen constants. Folding is done in float64 so that the
-    folded FP32 weights round once rather than compounding errors.
-    """
     graph = gm.graph
     for bn in list(graph.nodes):
         if bn.op != "call_function" or bn.target is not _BATCH_NORM:
             continue
-        conv = bn.args[0]
-        if conv.op != "call_function" or conv.target is not aten.convolution.default or len(conv.users) != 1:
-            continue
-        if conv.args[6]:  # transposed
+        layer = _foldable_producer(bn)
+        if layer is None:
             continue
         users = list(bn.users)
         if not all(u.target is operator.getitem and u.args[1] == 0 for u in users):
             continue
-        weight, bias = constant_of(gm, conv.args[1]), constant_of(gm, conv.args[2]) if conv.args[2] is not None else None
+        weight = constant_of(gm, layer.args[1])
+        bias_arg = layer.args[2] if len(layer.args) > 2 else None
+        bias = constant_of(gm, bias_arg) if bias_arg is not None else None
         gamma, beta, mean, var = (constant_of(gm, a) if a is not None else None for a in bn.args[1:5])
-        eps = bn.args[6]
-        if weight is None or mean is None or var is None or (conv.args[2] is not None and bias is None):
+        if weight is None or mean is None or var is None or (bias_arg is not None and bias is None):
             continue
-        out_ch = weight.shape[0]
-        scale = torch.rsqrt(var.double() + eps)
-        if gamma is not None:
-            scale = scale * gamma.double()
-        shift = -mean.double() * scale
-        if beta is not None:
-            shift = shift + beta.double()
-        new_w = (weight.double() * scale.reshape(out_ch, *([1] * (weight.dim() - 1)))).to(weight.dtype)
-        new_b = (shift + (bias.double() * scale if bias is not None else 0)).to(weight.dtype)
-        w_node = add_constant(gm, new_w, conv, f"{conv.name}_folded_weight")
-        b_node = add_constant(gm, new_b, conv, f"{conv.name}_folded_bias")
-        conv.args = (conv.args[0], w_node, b_node, *conv.args[3:])
+        new_w, new_b = _folded(weight, bias, gamma, beta, mean, var, bn.args[6])
+        w_node = add_constant(gm, new_w, layer, f"{layer.name}_folded_weight")
+        b_node = add_constant(gm, new_b, layer, f"{layer.name}_folded_bias")
+        layer.args = (layer.args[0], w_node, b_node, *layer.args[3:])
         for u in users:
-            u.replace_all_uses_with(conv)
+            u.replace_all_uses_with(bn.args[0])
             graph.erase_node(u)
         graph.erase_node(bn)
     return gm
+
+
+def _foldable_producer(bn: Node) -> Node | None:
+    """The conv or linear whose output channels the norm normalises, or None."""
+    x = bn.args[0]
+    if not isinstance(x, Node) or x.op != "call_function" or len(x.users) != 1:
+        return None
+    if x.target is aten.convolution.default:
+        return None if x.args[6] else x  # transposed convs keep their norm
+    # A linear's features are its output's last dim; the norm's channels are its input's dim 1.
+    channels = _shape(x)
+    if channels is None or len(channels) != 2:
+        return None
+    node = x
+    while node.target in _VIEWS:
+        source = node.args[0]
+        if not isinstance(source, Node) or source.op != "call_function" or len(source.users) != 1:
+            return None
+        shape = _shape(source)
+        if shape is None or shape[-1] != channels[-1]:
+            return None
+        node = source
+    if node.target is aten.linear.default and _shape(node.args[1]) is not None and _shape(node.args[1])[0] == channels[-1]:
+        return node
+    return None
+
+
+def _shape(node) -> tuple | None:
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
+
+
+def _folded(weight, bias, gamma, beta, mean, var, eps) -> tuple[torch.Tensor, torch.Tensor]:
+    out_ch = weight.shape[0]
+    scale = torch.rsqrt(var.double() + eps)
+    if gamma is not None:
+        scale = scale * gamma.double()
+    shift = -mean.double() * scale
+    if beta is not None:
+        shift = shift + beta.double()
+    new_w = (weight.double() * scale.reshape(out_ch, *([1] * (weight.dim() - 1)))).to(weight.dtype)
+    new_b = (shift + (bias.double() * scale if bias is not None else 0)).to(weight.dtype)
+    return new_w, new_b
