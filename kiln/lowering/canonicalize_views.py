@@ -1,6 +1,8 @@
 import torch
 from torch.fx import GraphModule
 
+from kiln.lowering.constants import shape_of
+
 aten = torch.ops.aten
 
 _TO_VIEW = {aten._unsafe_view.default, aten.reshape.default}
@@ -23,12 +25,7 @@ def canonicalize_views(gm: GraphModule) -> GraphModule:
         if isinstance(source, torch.fx.Node) and source.target is aten.view.default and len(source.users) == 1:
             node.args = (source.args[0], *node.args[1:])
             graph.erase_node(source)
-        if _shape(node) is not None and _shape(node) == _shape(node.args[0]):
+        if shape_of(node) is not None and shape_of(node) == shape_of(node.args[0]):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
     return gm
-
-
-def _shape(node) -> tuple | None:
-    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    return tuple(val.shape) if isinstance(val, torch.Tensor) else None

@@ -14,7 +14,7 @@ import operator
 import torch
 from torch.fx import GraphModule, Node
 
-from kiln.lowering.constants import add_constant, constant_of
+from kiln.lowering.constants import constant_of, has_frozen_weights, rescale_output_channels, shape_of
 
 aten = torch.ops.aten
 _BATCH_NORM = aten._native_batch_norm_legit_no_training.default
@@ -33,16 +33,16 @@ def fold_batch_norm(gm: GraphModule) -> GraphModule:
         users = list(bn.users)
         if not all(u.target is operator.getitem and u.args[1] == 0 for u in users):
             continue
-        weight = constant_of(gm, layer.args[1])
-        bias_arg = layer.args[2] if len(layer.args) > 2 else None
-        bias = constant_of(gm, bias_arg) if bias_arg is not None else None
         gamma, beta, mean, var = (constant_of(gm, a) if a is not None else None for a in bn.args[1:5])
-        if weight is None or mean is None or var is None or (bias_arg is not None and bias is None):
+        if not has_frozen_weights(gm, layer) or mean is None or var is None:
             continue
-        new_w, new_b = _folded(weight, bias, gamma, beta, mean, var, bn.args[6])
-        w_node = add_constant(gm, new_w, layer, f"{layer.name}_folded_weight")
-        b_node = add_constant(gm, new_b, layer, f"{layer.name}_folded_bias")
-        layer.args = (layer.args[0], w_node, b_node, *layer.args[3:])
+        scale = torch.rsqrt(var.double() + bn.args[6])
+        if gamma is not None:
+            scale = scale * gamma.double()
+        shift = -mean.double() * scale
+        if beta is not None:
+            shift = shift + beta.double()
+        rescale_output_channels(gm, layer, scale, shift)
         for u in users:
             u.replace_all_uses_with(bn.args[0])
             graph.erase_node(u)
@@ -58,7 +58,7 @@ def _foldable_producer(bn: Node) -> Node | None:
     if x.target is aten.convolution.default:
         return None if x.args[6] else x  # transposed convs keep their norm
     # A linear's features are its output's last dim; the norm's channels are its input's dim 1.
-    channels = _shape(x)
+    channels = shape_of(x)
     if channels is None or len(channels) != 2:
         return None
     node = x
@@ -66,28 +66,9 @@ def _foldable_producer(bn: Node) -> Node | None:
         source = node.args[0]
         if not isinstance(source, Node) or source.op != "call_function" or len(source.users) != 1:
             return None
-        shape = _shape(source)
+        shape = shape_of(source)
         if shape is None or shape[-1] != channels[-1]:
             return None
         node = source
-    if node.target is aten.linear.default and _shape(node.args[1]) is not None and _shape(node.args[1])[0] == channels[-1]:
-        return node
-    return None
-
-
-def _shape(node) -> tuple | None:
-    val = node.meta.get("val") if isinstance(node, Node) else None
-    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
-
-
-def _folded(weight, bias, gamma, beta, mean, var, eps) -> tuple[torch.Tensor, torch.Tensor]:
-    out_ch = weight.shape[0]
-    scale = torch.rsqrt(var.double() + eps)
-    if gamma is not None:
-        scale = scale * gamma.double()
-    shift = -mean.double() * scale
-    if beta is not None:
-        shift = shift + beta.double()
-    new_w = (weight.double() * scale.reshape(out_ch, *([1] * (weight.dim() - 1)))).to(weight.dtype)
-    new_b = (shift + (bias.double() * scale if bias is not None else 0)).to(weight.dtype)
-    return new_w, new_b
+    weight = shape_of(node.args[1]) if node.target is aten.linear.default else None
+    return node if weight is not None and weight[0] == channels[-1] else None

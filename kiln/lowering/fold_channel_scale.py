@@ -13,7 +13,7 @@ for a transposed conv, whose weight is laid out [in, out / groups, ...].
 import torch
 from torch.fx import GraphModule, Node
 
-from kiln.lowering.constants import add_constant, constant_of
+from kiln.lowering.constants import constant_of, has_frozen_weights, rescale_output_channels
 
 aten = torch.ops.aten
 
@@ -25,13 +25,13 @@ def fold_channel_scale(gm: GraphModule) -> GraphModule:
             continue
         for layer, other in (mul.args, mul.args[::-1]):
             scale = constant_of(gm, other)
-            if scale is None or not _is_layer(layer) or len(layer.users) != 1 or not _frozen(gm, layer):
+            if scale is None or not _is_layer(layer) or len(layer.users) != 1 or not has_frozen_weights(gm, layer):
                 continue
             channel_dim = 1 if layer.target is aten.convolution.default else -1
             per_channel = _per_channel(scale, layer, channel_dim)
             if per_channel is None:
                 continue
-            _fold(gm, layer, per_channel)
+            rescale_output_channels(gm, layer, per_channel)
             mul.replace_all_uses_with(layer)
             graph.erase_node(mul)
             break
@@ -44,12 +44,6 @@ def _is_layer(node) -> bool:
     if node.target is aten.convolution.default:
         return not node.args[6]
     return node.target is aten.linear.default
-
-
-def _frozen(gm: GraphModule, layer: Node) -> bool:
-    """Weight (and bias, if any) are constants the fold can rewrite."""
-    bias = layer.args[2] if len(layer.args) > 2 else None
-    return constant_of(gm, layer.args[1]) is not None and (bias is None or constant_of(gm, bias) is not None)
 
 
 def _per_channel(scale: torch.Tensor, layer: Node, channel_dim: int) -> torch.Tensor | None:
@@ -67,16 +61,3 @@ def _per_channel(scale: torch.Tensor, layer: Node, channel_dim: int) -> torch.Te
     if shape != wanted and scale.numel() != 1:
         return None
     return scale.reshape(-1).expand(channels) if scale.numel() == 1 else scale.reshape(channels)
-
-
-def _fold(gm: GraphModule, layer: Node, scale: torch.Tensor) -> None:
-    weight = constant_of(gm, layer.args[1])
-    bias_arg = layer.args[2] if len(layer.args) > 2 else None
-    bias = constant_of(gm, bias_arg) if bias_arg is not None else None
-    shape = [weight.shape[0]] + [1] * (weight.dim() - 1)
-    new_w = (weight.double() * scale.double().reshape(shape)).to(weight.dtype)
-    w_node = add_constant(gm, new_w, layer, f"{layer.name}_scaled_weight")
-    b_node = bias_arg
-    if bias is not None:
-        b_node = add_constant(gm, (bias.double() * scale.double()).to(bias.dtype), layer, f"{layer.name}_scaled_bias")
-    layer.args = (layer.args[0], w_node, b_node, *layer.args[3:])
