@@ -40,6 +40,7 @@ from kiln.engine.ir.dtypes import dtype_name
 from kiln.engine.ir.network import Layer, Network
 from kiln.engine.kernels.codegen.program import FLOAT_DTYPES
 from kiln.engine.optimize import cuda_pass
+from kiln.engine.optimize.fuse_pointwise import member_ops
 
 # Element-wise or view layers allowed between the two matmuls (besides the softmax), by kind.
 CHAIN_KINDS = frozenset({"reshape", "cast", "binary"})
@@ -361,7 +362,7 @@ def _rewrite(network: Network, match: Match) -> None:
     if mask_shape is not None:
         mask = _mask(network, match, shapes, mask_shape, runtime, finest, split, dtype, add)
     out_shape = [n, h, length, value_depth]
-    attrs = {"is_causal": False, "scale": scale, "enable_gqa": False, "fused_ops": [_op(m) for m in match.members]}
+    attrs = {"is_causal": False, "scale": scale, "enable_gqa": False, "fused_ops": [op for m in match.members for op in member_ops(m)]}
     if list(t[match.output].shape) == out_shape:
         add("attention", [q4, k4, v4, mask], out_shape, attrs, name=match.output)
     else:
@@ -472,9 +473,3 @@ def _drop_unread(network: Network, candidates: list[Layer], constants: list[str]
         if name in network.constants and name not in read:
             del network.constants[name]
             del network.tensors[name]
-
-
-def _op(layer: Layer) -> str:
-    a = layer.attrs
-    return f"{layer.kind}:{a.get('op', a.get('dtype', ''))}"
-

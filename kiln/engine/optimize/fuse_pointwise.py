@@ -143,9 +143,21 @@ def _fused_layer(network: Network, group: list[Layer]) -> Layer:
     attrs = {
         "program": program.to_json(),
         "out_dtypes": [dtype_name(network.tensors[o].dtype) for o in outs],
-        "fused_ops": [f"{m.kind}:{m.attrs.get('op', m.attrs.get('dtype', ''))}" for m in group],
+        "fused_ops": [op for m in group for op in member_ops(m)],
     }
     attrs = with_fp32_members(attrs, group)
     last = group[-1]
     source = " + ".join(s for s in (m.source for m in group) if s)
     return Layer("fused_pointwise", last.name, inputs, outs, attrs, last.precision, source)
+
+
+def member_ops(layer: Layer) -> list[str]:
+    """How a fused layer's `fused_ops` names a member: kind:op (a norm's type, a cast's dtype), a conv's fused
+    activation after it, and a fused_pointwise member by the ops it already lists. Every fusion pass uses it."""
+    if layer.kind == "fused_pointwise":
+        return list(layer.attrs.get("fused_ops", []))
+    a = layer.attrs
+    ops = [f"{layer.kind}:{a.get('op', a.get('type', a.get('dtype', '')))}"]
+    if a.get("activation"):
+        ops.append(f"unary:{a['activation']}")
+    return ops

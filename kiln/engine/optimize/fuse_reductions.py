@@ -23,7 +23,7 @@ from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.kernels.fused_reduction import has_generated
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_gemm_epilogue import _with_first
-from kiln.engine.optimize.fuse_pointwise import _fusable, group_program
+from kiln.engine.optimize.fuse_pointwise import _fusable, group_program, member_ops
 from kiln.engine.optimize.precision import with_fp32_members
 from kiln.engine.optimize.reshaped_prologue import reshaped_prologue
 
@@ -100,7 +100,7 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
         "prologue_views": views if chain is not None else None,
         "epilogue": epi_program.to_json() if epi_program else None,
         "out_dtypes": [dtype_name(network.tensors[o].dtype) for o in outputs],
-        "fused_ops": [op for m in members for op in _ops(m)],
+        "fused_ops": [op for m in members for op in member_ops(m)],
     }
     source = " + ".join(m.source for m in members if m.source)
     fused = Layer("fused_reduction", reduction.name, inputs, outputs, with_fp32_members(attrs, members), reduction.precision, source)
@@ -151,9 +151,3 @@ def _epilogue_program(network: Network, layer: Layer, first: str) -> tuple[list[
         return _with_first(Program.from_json(layer.attrs["program"]), list(layer.inputs), first)
     inputs, program = group_program(network, [layer], first_input=first)
     return inputs, Program(program.num_inputs, program.ops, (program.num_inputs,))
-
-
-def _ops(layer: Layer) -> list[str]:
-    if layer.kind == "fused_pointwise":
-        return list(layer.attrs.get("fused_ops", []))
-    return [f"{layer.kind}:{layer.attrs.get('op', layer.attrs.get('type', layer.attrs.get('dtype', '')))}"]

@@ -32,7 +32,7 @@ from kiln.engine.kernels.triton_epilogue import fusable_activation
 from kiln.engine.kernels.triton_reduce import as_reduction
 from kiln.engine.kernels.triton_squeeze_excite import fits
 from kiln.engine.optimize import cuda_pass
-from kiln.engine.optimize.fuse_pointwise import _fusable, group_program
+from kiln.engine.optimize.fuse_pointwise import _fusable, group_program, member_ops
 from kiln.engine.optimize.precision import with_fp32_members
 
 MEAN_KINDS = frozenset({"reduce", "pool"})
@@ -80,7 +80,7 @@ def _match(network: Network, mean: Layer) -> tuple[Layer, list[Layer]] | None:
         "mean": {"kind": mean.kind, "attrs": dict(mean.attrs)},
         "stages": stages,
         "out_dtype": dtype_name(network.tensors[value].dtype),
-        "fused_ops": [op for m in members for op in _ops(m)],
+        "fused_ops": [op for m in members for op in member_ops(m)],
     }
     source = " + ".join(m.source for m in members if m.source)
     last = members[-1]
@@ -144,13 +144,3 @@ def _after_program(network: Network, layer: Layer, value: str) -> Program | None
         return None
     inputs, program = group_program(network, [layer], first_input=value)
     return Program(program.num_inputs, program.ops, (program.num_inputs,))
-
-
-def _ops(layer: Layer) -> list[str]:
-    if layer.kind == "fused_pointwise":
-        return list(layer.attrs.get("fused_ops", []))
-    a = layer.attrs
-    ops = [f"{layer.kind}:{a.get('op', a.get('dtype', ''))}"]
-    if a.get("activation"):
-        ops.append(f"unary:{a['activation']}")
-    return ops
