@@ -3,6 +3,7 @@
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py gemm    # large GEMMs (ConvNeXt, ViT, BERT MLP shapes)
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py small   # batch-1 GEMMs
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py dw      # depthwise convs (ConvNeXt 7x7, EfficientNet 3x3 / 5x5)
+    PYTHONPATH=. python3 benchmarks/kernel_sweep.py qgemm   # INT8 / FP8 GEMMs (BERT-base, resnet50 1x1) against cuBLAS
 
 Each printed line is one shape as JSON: the library's time, then each config's, in microseconds of GPU
 time per call replayed from a CUDA graph (builder/timing.time_in_graph), or the error it hit. This is how
@@ -25,7 +26,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from kiln.engine.builder.timing import time_in_graph  # noqa: E402
-from kiln.engine.kernels import triton_depthwise, triton_gemm  # noqa: E402
+from kiln.engine.kernels import triton_depthwise, triton_gemm, triton_quantized_gemm  # noqa: E402
 from kiln.engine.kernels.codegen.program import Program  # noqa: E402
 
 GELU = Program(1, ({"kind": "unary", "op": "gelu", "args": [0], "attrs": {"op": "gelu", "approximate": "none"}},), (1,))
@@ -48,6 +49,16 @@ DEPTHWISE = [
     ("convnext_b128_s1", 128, 96, 56, 7, 1), ("convnext_b128_s2", 128, 192, 28, 7, 1), ("convnext_b128_s3", 128, 384, 14, 7, 1),
     ("effnet_b128_56", 128, 144, 56, 3, 1), ("effnet_b128_28_k5", 128, 240, 28, 5, 1),
     ("convnext_b1_s1", 1, 96, 56, 7, 1), ("effnet_b1_112", 1, 32, 112, 3, 1),
+]  # fmt: skip
+# name, M, K, N: BERT-base b32 x 128 tokens, resnet50 b128 1x1 convs
+QGEMM = [
+    ("bert_b32_qkv", 4096, 768, 2304), ("bert_b32_o", 4096, 768, 768), ("bert_b32_fc1", 4096, 768, 3072),
+    ("bert_b32_fc2", 4096, 3072, 768), ("r50_b128_s1_expand", 401408, 64, 256), ("r50_b128_s1_reduce", 401408, 256, 64),
+    ("r50_b128_s2_reduce", 100352, 512, 128), ("r50_b128_s2_expand", 100352, 128, 512), ("r50_b128_s4_expand", 6272, 512, 2048),
+]  # fmt: skip
+QGEMM_CONFIGS = [
+    (128, 128, 128, 8, 3), (128, 64, 64, 4, 4), (64, 64, 64, 4, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
+    (128, 128, 128, 4, 4), (128, 128, 64, 4, 4), (128, 256, 64, 8, 4), (64, 128, 128, 4, 4), (128, 128, 256, 8, 2),
 ]  # fmt: skip
 DEPTHWISE_TILES = [(64, 64, 4), (32, 64, 4), (16, 128, 4), (64, 32, 4), (128, 32, 4), (32, 32, 2), (8, 128, 2), (64, 64, 8)]
 
@@ -101,6 +112,39 @@ def sweep_depthwise() -> None:
         print(json.dumps(row), flush=True)
 
 
+def sweep_qgemm() -> None:
+    """Kiln's 8-bit GEMM per tile config (INT8 and FP8, FP16 out, per-channel dequantize + bias) against
+    cuBLAS FP16, torch._int_mm (cuBLAS INT8, INT32 out) and torch._scaled_mm (cuBLASLt FP8, FP16 out)."""
+    from types import SimpleNamespace
+
+    for name, m, k, n in QGEMM:
+        x = torch.randn(m, k, device="cuda", dtype=torch.half)
+        w = torch.randn(n, k, device="cuda", dtype=torch.half) * 0.05
+        b = torch.randn(n, device="cuda", dtype=torch.half)
+        xq = torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8)
+        wq = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
+        w_scale = torch.full((n,), 0.01, device="cuda")
+        ref = (xq.float() @ wq.float().t()) * 0.01 * 0.02 + b.float()
+        row = {"shape": name, "m": m, "k": k, "n": n, "cublas_fp16": us(lambda: F.linear(x, w, b))}
+        row["int_mm"] = us(lambda: torch._int_mm(xq, wq.t()))
+        x8, w8 = x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
+        one = torch.ones((), device="cuda")
+        try:
+            row["scaled_mm_fp8"] = us(lambda: torch._scaled_mm(x8, w8.t(), one, one, bias=b, out_dtype=torch.half))
+        except Exception as exc:
+            row["scaled_mm_fp8"] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+        out = torch.empty(1, m, n, device="cuda", dtype=torch.half)
+        for qdtype, a_op, b_op in (("int8", xq, wq), ("fp8", x8, w8)):
+            layer = SimpleNamespace(attrs={"qdtype": qdtype, "x_scale": 0.02, "out_dtype": "float16", "activation": None})
+            want = ref if qdtype == "int8" else (x8.float() @ w8.float().t()) * 0.01 * 0.02 + b.float()
+            for config in QGEMM_CONFIGS:
+                run = lambda c=config, a=a_op, bb=b_op, ly=layer: triton_quantized_gemm.qgemm(  # noqa: E731
+                    ly, a.unsqueeze(0), bb.t().unsqueeze(0), w_scale, b, None, c, out
+                )
+                row[f"{qdtype}_" + "x".join(map(str, config))] = checked(run, out[0], want, 2e-2)
+        print(json.dumps(row), flush=True)
+
+
 def main(argv=None) -> None:
     part = (argv or sys.argv[1:] or ["gemm"])[0]
     if part == "gemm":
@@ -110,8 +154,10 @@ def main(argv=None) -> None:
         sweep_gemm(SMALL, [("x".join(map(str, c)), c, False) for c in SMALL_CONFIGS])
     elif part == "dw":
         sweep_depthwise()
+    elif part == "qgemm":
+        sweep_qgemm()
     else:
-        raise SystemExit(f"unknown part {part!r}: choose gemm, small or dw")
+        raise SystemExit(f"unknown part {part!r}: choose gemm, small, dw or qgemm")
 
 
 if __name__ == "__main__":

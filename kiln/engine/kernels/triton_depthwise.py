@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from kiln.engine.kernels.codegen.tiles import index_range, wide_index
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import fusable_activation, load_template, nhwc_output, require_low_precision, triton
 from kiln.engine.runtime.executor import arena_output
@@ -29,9 +30,10 @@ def depthwise_kernel(
     x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
     P, C, H, W, OH, OW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    WIDE_INDEX: tl.constexpr,
 ):
     # One program: BLOCK_P output pixels (flattened over n, oh, ow) x BLOCK_C channels.
-    p = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+PIXEL_RANGE
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_ok = p < P
     c_ok = c < C
@@ -56,7 +58,7 @@ def depthwise_kernel(
         acc += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     {epilogue}
     tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
-"""
+""".replace("PIXEL_RANGE", index_range("p", "tl.program_id(0)", "BLOCK_P", "    "))
 RESIDUAL_LOAD = "tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)"
 
 
@@ -100,7 +102,8 @@ def depthwise(x: torch.Tensor, w_taps: torch.Tensor, bias, residual, attrs: dict
     kernel[grid](
         x, w_taps, bias if bias is not None else x, residual if residual is not None else x, out,
         pixels, c, h, w, oh, ow, sh, sw, ph, pw, dh, dw,
-        KH=kh, KW=kw, HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
+        KH=kh, KW=kw, HAS_BIAS=bias is not None, WIDE_INDEX=wide_index(x.numel(), out.numel()),
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
     )  # fmt: skip
     return out
 

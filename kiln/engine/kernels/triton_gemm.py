@@ -21,7 +21,7 @@ import os
 import torch
 
 from kiln.engine.kernels.codegen.program import FLOAT_DTYPES, Program, emit
-from kiln.engine.kernels.codegen.tiles import grouped_tile, tile_count
+from kiln.engine.kernels.codegen.tiles import grouped_tile, index_range, tile_count, wide_index
 from kiln.engine.kernels.codegen.triton_source import load_kernel
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import MODULE_HEADER, triton
@@ -77,15 +77,18 @@ def _epilogue(program: Program | None, extra_kinds: tuple[str, ...], indent: str
 def kernel_source(program: Program | None, extra_kinds: tuple[str, ...]) -> str:
     extras = [f"e{i}_ptr" for i in range(len(extra_kinds))]
     args = ", ".join(["a_ptr", "w_ptr", "bias_ptr", "c_ptr", "s_ptr", *extras, "M", "N", "K", "stride_wn", "stride_wk", "rows_per_scale"])
-    return MODULE_HEADER + f'''
+    return (
+        MODULE_HEADER
+        + f"""
 @triton.jit(do_not_specialize=["M", "rows_per_scale"])
 def gemm_kernel(
     {args},
     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    WIDE_INDEX: tl.constexpr,
 ):
     tile = tl.program_id(0)
 {grouped_tile("    ")}
-    rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+{index_range("rm", "pid_m", "BLOCK_M", "    ")}
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -99,7 +102,8 @@ def gemm_kernel(
         w = tl.load(w_ptr + rn[None, :] * stride_wn + kk[:, None] * stride_wk, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
         acc = tl.dot(a, w, acc)
 {_epilogue(program, extra_kinds, "    ")}
-'''
+"""
+    )
 
 
 def tma_kernel_source(program: Program | None, extra_kinds: tuple[str, ...]) -> str:
@@ -108,11 +112,14 @@ def tma_kernel_source(program: Program | None, extra_kinds: tuple[str, ...]) -> 
     Out-of-range rows and the K tail come back as zeros from the descriptors, so only the store is masked."""
     extras = [f"e{i}_ptr" for i in range(len(extra_kinds))]
     args = ", ".join(["a_desc", "w_desc", "bias_ptr", "c_ptr", *extras, "M", "N", "K"])
-    return MODULE_HEADER + f'''
+    return (
+        MODULE_HEADER
+        + f"""
 @triton.jit(do_not_specialize=["M"])
 def gemm_kernel(
     {args},
     HAS_BIAS: tl.constexpr, W_NK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    WIDE_INDEX: tl.constexpr,
 ):
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0)):
@@ -125,10 +132,11 @@ def gemm_kernel(
             else:
                 w = w_desc.load([k0, pid_n * BLOCK_N])
             acc = tl.dot(a, w, acc)
-        rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+{index_range("rm", "pid_m", "BLOCK_M", "        ")}
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
 {_epilogue(program, extra_kinds, "        ")}
-'''
+"""
+    )
 
 
 def extra_kind(extra: torch.Tensor, out_shape: tuple[int, ...]) -> str | None:
@@ -172,7 +180,7 @@ def gemm(
     _kernel(program, kinds)[grid](
         rows, w, b if b is not None else rows, out, row_scale if row_scale is not None else rows, *extras,
         m, n_out, k, w.stride(0), w.stride(1), rows_per_scale,
-        HAS_BIAS=b is not None, HAS_SCALE=row_scale is not None,
+        HAS_BIAS=b is not None, HAS_SCALE=row_scale is not None, WIDE_INDEX=wide_index(m * k, m * n_out, w.numel()),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out
@@ -204,7 +212,8 @@ def _gemm_tma(rows, w, b, extras, program, kinds, config, out) -> None:
     grid = (max(1, min(tile_count(m, n_out, block_m, block_n), _processors(rows.device))),)
     _kernel(program, kinds, tma=True)[grid](
         a_desc, w_desc, b if b is not None else rows, out, *extras, m, n_out, k,
-        HAS_BIAS=b is not None, W_NK=w_nk, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        HAS_BIAS=b is not None, W_NK=w_nk, WIDE_INDEX=wide_index(m * k, m * n_out),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from kiln.engine.kernels.codegen.tiles import grouped_tile, tile_count
+from kiln.engine.kernels.codegen.tiles import grouped_tile, index_range, tile_count, wide_index
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows
 from kiln.engine.kernels.triton_quantized_common import (
@@ -31,18 +31,19 @@ from kiln.engine.kernels.triton_quantized_common import (
 from kiln.engine.kernels.triton_quantized_gemm import is_pointwise_qconv
 
 TEMPLATE = (
-    """
+    (
+        """
 @triton.jit(do_not_specialize=["M", "x_zp"])
 def qconv_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, res_ptr, c_ptr, M, N, K,
     H, W, C, OH, OW, SH, SW, PH, PW, DH, DW, KH, KW,
     x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax, res_scale, res_zp,
     HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
-    TAP_LOOP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TAP_LOOP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WIDE_INDEX: tl.constexpr,
 ):
     tile = tl.program_id(0)
 GROUPED_TILE
-    rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+ROW_RANGE
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     n_idx = rm // (OH * OW)
@@ -95,8 +96,11 @@ GROUPED_TILE
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     offsets = rm[:, None] * N + rn[None, :]
 """
-    + EPILOGUE_TAIL
-).replace("GROUPED_TILE", grouped_tile("    "))
+        + EPILOGUE_TAIL
+    )
+    .replace("GROUPED_TILE", grouped_tile("    "))
+    .replace("ROW_RANGE", index_range("rm", "pid_m", "BLOCK_M", "    "))
+)
 
 
 def weight_n_by_taps(layer, weights: dict) -> dict:
@@ -127,6 +131,7 @@ def qconv_nhwc(layer, x: torch.Tensor, w_taps: torch.Tensor, bias, residual, w_s
         x_nhwc, w_taps, w_scale, bias if bias is not None else w_scale, res if res is not None else out, out, m, cout, k,
         h, w, c, oh, ow, sh, sw, ph, pw, dh, dw, kh, kw,
         **epilogue_args(layer, w_scale, bias, residual), TAP_LOOP=c >= block_k // 2,
+        WIDE_INDEX=wide_index(x_nhwc.numel(), out.numel(), w_taps.numel()),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out.permute(0, 3, 1, 2)

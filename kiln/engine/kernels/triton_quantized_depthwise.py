@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from kiln.engine.kernels.codegen.tiles import index_range, wide_index
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows, triton
 from kiln.engine.kernels.triton_quantized_common import EPILOGUE_TAIL, RESIDUAL_LOAD, accumulator_type, applies, epilogue_args, output_dtype
@@ -23,11 +24,11 @@ def qdepthwise_kernel(
     H, W, OH, OW, SH, SW, PH, PW, DH, DW, KH, KW,
     x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax, res_scale, res_zp,
     HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE_INDEX: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+ROW_RANGE
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_idx = rm // (OH * OW)
     pix = rm % (OH * OW)
@@ -52,7 +53,7 @@ def qdepthwise_kernel(
     offsets = rm[:, None] * N + rn[None, :]
 """
     + EPILOGUE_TAIL
-)
+).replace("ROW_RANGE", index_range("rm", "pid_m", "BLOCK_M", "    "))
 # (pixels, channels, warps) per program: each a tactic the builder times.
 DEPTHWISE_CONFIGS = [(64, 64, 4), (32, 128, 4), (128, 32, 4), (16, 256, 4)]
 
@@ -86,7 +87,8 @@ def qdepthwise_triton(config):
         kernel[grid](
             x.contiguous(memory_format=torch.channels_last), w_taps, w_scale, bias if bias is not None else w_scale,
             res if res is not None else out, out, m, c, h, w, oh, ow, sh, sw, ph, pw, dh, dw, kh, kw,
-            **epilogue_args(layer, w_scale, bias, residual), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+            **epilogue_args(layer, w_scale, bias, residual), WIDE_INDEX=wide_index(x.numel(), out.numel()),
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
         )  # fmt: skip
         return out.permute(0, 3, 1, 2)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from kiln.engine.kernels.codegen.tiles import grouped_tile, tile_count
+from kiln.engine.kernels.codegen.tiles import grouped_tile, index_range, span, tile_count, wide_index
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows
 from kiln.engine.kernels.triton_quantized_common import (
@@ -26,23 +26,27 @@ from kiln.engine.kernels.triton_quantized_common import (
 
 # M grows with the batch: no specialisation on it, so a ranged engine's new shape only launches.
 TEMPLATE = (
-    """
+    (
+        """
 @triton.jit(do_not_specialize=["M", "x_zp"])
 def qgemm_kernel(
     a_ptr, b_ptr, scale_ptr, bias_ptr, res_ptr, c_ptr, M, N, K,
     s_ab, s_am, s_ak, s_bb, s_bk, s_bn,
     x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax, res_scale, res_zp,
     HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WIDE_INDEX: tl.constexpr,
 ):
     tile = tl.program_id(0)
 GROUPED_TILE
+    # A batch moves the base pointers (a 64-bit scalar each); offsets within one batch stay 32-bit.
     pid_b = tl.program_id(1).to(tl.int64)
-    rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+ROW_RANGE
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     a_base = a_ptr + pid_b * s_ab
     b_base = b_ptr + pid_b * s_bb
+    c_ptr += pid_b * M * N
+    res_ptr += pid_b * M * N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
     colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
@@ -53,10 +57,13 @@ GROUPED_TILE
         if HAS_ZP:
             colsum += tl.sum(b.to(tl.int32), axis=0)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
-    offsets = pid_b * M * N + rm[:, None] * N + rn[None, :]
+    offsets = rm[:, None] * N + rn[None, :]
 """
-    + EPILOGUE_TAIL
-).replace("GROUPED_TILE", grouped_tile("    "))
+        + EPILOGUE_TAIL
+    )
+    .replace("GROUPED_TILE", grouped_tile("    "))
+    .replace("ROW_RANGE", index_range("rm", "pid_m", "BLOCK_M", "    "))
+)
 
 
 def kernel_for(layer, residual: bool):
@@ -76,7 +83,7 @@ def qgemm(layer, a3: torch.Tensor, b3: torch.Tensor, w_scale, bias, residual, co
     kernel_for(layer, residual is not None)[grid](
         a3, b3, w_scale, bias if bias is not None else w_scale, residual if residual is not None else out, out, m, n, k,
         a3.stride(0), a3.stride(1), a3.stride(2), s_bb, b3.stride(1), b3.stride(2),
-        **epilogue_args(layer, w_scale, bias, residual),
+        **epilogue_args(layer, w_scale, bias, residual), WIDE_INDEX=wide_index(span(a3[0]), span(b3[0]), m * n),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out
