@@ -4,8 +4,10 @@ Many models spell attention out instead of calling F.scaled_dot_product_attentio
 whose fused path is off by default, LeViT, ...). Converted, that is a matmul of the scores, a
 chain of element-wise work, a softmax and a second matmul, each its own kernel with the scores
 going through memory in between. Here the chain is recognised and replaced by the `attention`
-layer (kernels/attention.py), whose tactics are PyTorch's fused SDPA backends and the unfused
-path (kernels/attention_unfused.py), so the builder keeps the old kernels where they were faster.
+layer (kernels/attention.py), whose tactics are PyTorch's fused SDPA backends, a fused Triton
+kernel for what they refuse (kernels/triton_attention.py: LeViT's unequal head dims with a bias)
+and the unfused path (kernels/attention_unfused.py), so the builder keeps the old kernels where
+they were faster.
 
 The pattern, on the layers conversion makes (torch.matmul is a bmm between reshapes):
   matmul(q', k') [→ reshape | cast | * or / scalar | + bias]* → softmax(last dim) [→ reshape | cast]*
