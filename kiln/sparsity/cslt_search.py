@@ -20,6 +20,13 @@ and tries the next attempt (`attempts()`, the one place to change the order). On
 child exits when its parent closes the pipe or after IDLE_S seconds without a problem; the
 answers are cached per problem for the life of the process, and the layer's attrs keep them,
 so a saved plan runs without searching again.
+
+A problem with `"transpose_result": False` is the sparse MLP chain's GEMM (kernels/sparse_mlp.py):
+the result stays [outputs, rows] row-major, never transposed, and the dense operand is either the
+rows seen transposed (a free column-major view, `"dense_row_major": False`) or the previous GEMM's
+[reduction, rows] result as it is (`True`). cuSPARSELt plans the two operand layouts differently,
+so each is searched as it will run. Such a GEMM takes no bias: the chain adds it in the generated
+pass it runs over the result anyway (the FP16 search with a bias is what fails, above).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ TOLERANCE = {"float16": 5e-3, "bfloat16": 2e-2}
 
 @dataclass(frozen=True)
 class Attempt:
-    """How one try chooses the algorithm, and how the GEMM then runs (always transpose_result=True)."""
+    """How one try chooses the algorithm, and how the GEMM then runs (transpose_result as the problem says: True unless given)."""
 
     search: bool  # cuSPARSELt's search picks the algorithm; else the default one (id 0)
     search_bias: bool  # the search sees the layer's bias (only where it has one)
@@ -59,7 +66,7 @@ class Attempt:
         return f"{chosen}, bias {'fused' if self.fused_bias else 'added after'}"
 
 
-def attempts(dtype: str, has_bias: bool) -> list[Attempt]:
+def attempts(dtype: str, has_bias: bool, transpose_result: bool = True) -> list[Attempt]:
     """The configurations tried, in order, for one GEMM; the first whose run is right in the child is used.
 
     The search with a bias and transpose_result=True (exactly the GEMM's configuration) fails
@@ -67,7 +74,12 @@ def attempts(dtype: str, has_bias: bool) -> list[Attempt]:
     configuration without the bias is the next best: the algorithm is timed on the GEMM that
     runs, and the child then checks it with the bias fused. The default algorithm is the last
     resort; it worked at every shape and dtype measured. benchmarks/sparse_probe.py measures
-    these choices: change this list after running it."""
+    these choices: change this list after running it.
+
+    The untransposed GEMM of the MLP chain has no bias; its search (FP16, H100, cuSPARSELt 0.8.0)
+    ran at every shape the probe tried (docs/benchmarks/2026-11-25-h100-session2/sparse-probe)."""
+    if not transpose_result:
+        return [Attempt(True, False, False, False), Attempt(False, False, False, False)]
     if not has_bias:
         return [Attempt(True, False, True, True), Attempt(False, False, True, True)]
     exact = Attempt(True, True, True, True)
@@ -104,15 +116,17 @@ def search_algorithm(compressed, rows_t, bias, transpose: bool) -> int:
     return int(torch._cslt_sparse_mm_search(compressed, rows_t, bias, transpose_result=transpose))
 
 
-def gemm(compressed, rows_t, bias, alg_id: int, fused_bias: bool):
-    """The tactic's GEMM: [M, N] = (W_c @ rows_t)^T, with the bias fused or added after."""
+def gemm(compressed, rows_t, bias, alg_id: int, fused_bias: bool, transpose_result: bool = True):
+    """The tactic's GEMM: [M, N] = (W_c @ rows_t)^T, with the bias fused or added after; [N, M] = W_c @ rows_t untransposed."""
     import torch
 
-    keywords = {"transpose_result": True}
+    keywords = {"transpose_result": transpose_result}
     if "alg_id" in {a.name for a in torch.ops.aten._cslt_sparse_mm.default._schema.arguments}:
         keywords["alg_id"] = alg_id
     out = torch._cslt_sparse_mm(compressed, rows_t, bias=bias if fused_bias else None, **keywords)
-    return out.add_(bias) if bias is not None and not fused_bias else out
+    if bias is not None and not fused_bias:
+        out.add_(bias if transpose_result else bias[:, None])
+    return out
 
 
 def run_request(request: dict) -> dict:
@@ -129,22 +143,30 @@ def run_request(request: dict) -> dict:
     x = torch.randn(m, cols, device=device, dtype=dtype)
     bias = torch.randn(rows, device=device, dtype=dtype) if problem["bias"] else None
     compressed = torch._cslt_compress(w)
-    rows_t = x.t()
+    transpose = problem.get("transpose_result", True)
+    # The operand as the GEMM will get it: x's rows transposed as a view, or a row-major [cols, m] matrix.
+    rows_t = x.t().contiguous() if problem.get("dense_row_major", False) else x.t()
     alg = 0
     if attempt.search:
         alg = search_algorithm(compressed, rows_t, bias if attempt.search_bias else None, attempt.search_transpose)
     ref = F.linear(x.float(), w.float(), bias.float() if bias is not None else None)
-    outs = [gemm(compressed, rows_t, bias, alg, attempt.fused_bias)]
+    if not transpose:
+        ref = ref.t()
+
+    def gemm_as_run():
+        return gemm(compressed, rows_t, bias, alg, attempt.fused_bias, transpose)
+
+    outs = [gemm_as_run()]
     if device.type == "cuda":  # the runtime replays CUDA graphs: check the pick there too
         torch.cuda.synchronize(device)
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
-            gemm(compressed, rows_t, bias, alg, attempt.fused_bias)
+            gemm_as_run()
         torch.cuda.current_stream(device).wait_stream(stream)
         with torch.cuda.graph(graph):
-            captured = gemm(compressed, rows_t, bias, alg, attempt.fused_bias)
+            captured = gemm_as_run()
         graph.replay()
         torch.cuda.synchronize(device)
         outs.append(captured)
@@ -264,14 +286,15 @@ def choose(problem: dict) -> dict:
     """{"alg_id", "fused_bias", "attempt", "tried"} for a GEMM: the first attempt that ran right in a child process.
 
     `problem`: rows and cols of the [outputs, reduction] weight, `m` the padded row count,
-    `dtype` ("float16"/"bfloat16"), `bias` (whether the layer has one), `device` ("cuda:0").
+    `dtype` ("float16"/"bfloat16"), `bias` (whether the layer has one), `device` ("cuda:0"); optionally
+    `transpose_result` (default True) and `dense_row_major` (default False), as the module docstring says.
     Raises RuntimeError naming every failed attempt if none worked (the builder then skips the tactic)."""
     key = tuple(sorted(problem.items()))
     with _cache_lock:
         if key in _cache:
             return _cache[key]
     tried = []
-    for attempt in attempts(problem["dtype"], problem["bias"]):
+    for attempt in attempts(problem["dtype"], problem["bias"], problem.get("transpose_result", True)):
         reply = ask({"problem": problem, "attempt": asdict(attempt)})
         if reply is not None and reply.get("ok"):
             answer = {"alg_id": int(reply["alg_id"]), "fused_bias": attempt.fused_bias, "attempt": attempt.label, "tried": tried}

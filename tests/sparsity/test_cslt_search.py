@@ -123,7 +123,7 @@ def test_when_nothing_runs_right_the_error_names_every_attempt_and_the_build_ski
 
 def test_an_attempt_that_adds_the_bias_after_the_gemm_gives_the_reference(fake, monkeypatch):  # noqa: F811 -- the imported fixture
     added_after = Attempt(search=True, search_bias=False, search_transpose=True, fused_bias=False)
-    monkeypatch.setattr(cslt_search, "attempts", lambda dtype, has_bias: [added_after])
+    monkeypatch.setattr(cslt_search, "attempts", lambda dtype, has_bias, transpose_result=True: [added_after])
     biases = []
 
     def sparse_mm(compressed_A, dense_B, bias=None, **keywords):

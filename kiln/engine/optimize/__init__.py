@@ -63,7 +63,8 @@ def optimize_network(network: Network, block, captured, settings: CompileSetting
 #   take the groups left next to a norm, softmax or mean as their prologue and epilogue); squeeze-excite
 #   gates just before the reductions (their mean is taken whole, with the FC stages and activations after it);
 # - layout after the fusions (it follows the fused layers to the inputs), views after layout;
-# - 2:4 weight marking last: it reads the fused layers' weights in their final dtype.
+# - 2:4 weight marking last: it reads the fused layers' weights in their final dtype; then the sparse MLP
+#   chains, which join two marked linears (with the epilogues fused onto them) into one layer.
 PASS_ORDER = [
     "bind_symbols",
     "place_quantization",
@@ -81,6 +82,7 @@ PASS_ORDER = [
     "assign_channels_last",
     "mark_views",
     "mark_2to4_weights",
+    "fuse_sparse_mlp",
     "count_kernels",
 ]
 
@@ -90,6 +92,7 @@ from kiln.engine.optimize import layout, precision, quantize_placement, sparse_w
 from kiln.engine.optimize import compose_gathers, sink_views  # noqa: E402, F401, I001
 from kiln.engine.optimize import fuse_attention  # noqa: E402, F401, I001
 from kiln.engine.optimize import kernel_count  # noqa: E402, F401, I001
+from kiln.engine.optimize import fuse_sparse_mlp  # noqa: E402, F401, I001
 
 OPTIMIZE_PASSES: list = [_REGISTERED[name] for name in PASS_ORDER]
 if set(_REGISTERED) != set(PASS_ORDER):
