@@ -37,6 +37,8 @@ from kiln.engine.runtime.executor import arena_output
 LOG2E = 1.4426950408889634
 # Past this head dim the FP32 output tile and q's tile no longer fit in registers at any config here.
 MAX_HEAD_DIM = 256
+# CUDA's limit on a grid's second axis, the query blocks.
+MAX_GRID_Y = 65535
 # MASK constexpr: how the mask input is read.
 MASKS = {"none": 0, "additive": 1, "boolean": 2}
 
@@ -52,8 +54,9 @@ def attention_kernel(
     DQ: tl.constexpr, DV: tl.constexpr, DQ_P: tl.constexpr, DV_P: tl.constexpr, MASK: tl.constexpr,
     CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE_INDEX: tl.constexpr,
 ):
-    # The (batch, head) moves the base pointers (64-bit scalars); offsets within one head stay 32-bit.
-    bh = tl.program_id(1)
+    # The (batch, head) moves the base pointers (64-bit scalars); offsets within one head stay 32-bit. It is the
+    # grid's first axis: Swin's windows x heads pass the 65535 programs a second axis may have at large batches.
+    bh = tl.program_id(0)
     n = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     kv_h = h // KV_GROUP
@@ -102,7 +105,7 @@ QUERY_RANGE
         out_ptr + n * s_on + h * s_oh + rm[:, None] * s_ol + dv[None, :] * s_od,
         acc.to(out_ptr.dtype.element_ty), mask=rows[:, None] & (dv[None, :] < DV),
     )
-""".replace("QUERY_RANGE", index_range("rm", "tl.program_id(0)", "BLOCK_M", "    "))
+""".replace("QUERY_RANGE", index_range("rm", "tl.program_id(1)", "BLOCK_M", "    "))
 )
 
 
@@ -177,7 +180,9 @@ def fused_attention(q, k, v, mask, attrs: dict, out: torch.Tensor | None = None,
             mask4 = mask4.view(torch.uint8)  # same bytes; Triton loads uint8 where bool pointers are awkward
 
     block_m, block_n, warps = block_sizes(length, keys, config)
-    grid = (triton.cdiv(length, block_m), n * heads)
+    grid = (n * heads, triton.cdiv(length, block_m))
+    if grid[1] > MAX_GRID_Y:
+        raise ValueError(f"triton_attention at {block_m}-query blocks launches at most {MAX_GRID_Y * block_m} queries, not {length}")
     kernel = load_kernel(TEMPLATE, "attention_kernel")
     kernel[grid](
         q4, k4, v4, mask4, out4, length, keys, heads, heads // kv_heads, float(scale) * LOG2E,
