@@ -11,9 +11,10 @@ from torch import nn
 import kiln
 from kiln.engine.builder.build import PreparedWeights
 from kiln.engine.ir.network import Layer
-from kiln.engine.kernels import sparse_gemm
+from kiln.engine.kernels import sparse_gemm, sparse_mlp
 from kiln.engine.kernels.registry import REFERENCE, RunContext, get_tactic
 from kiln.engine.module import EngineModule
+from kiln.engine.optimize.fuse_sparse_mlp import CHAIN_ATTR, KIND
 from kiln.engine.optimize.sparse_weights import AS_MATRIX, SPARSE_ATTR
 from kiln.engine.plan import Step
 from kiln.sparsity import mask_2to4, prune_2to4
@@ -216,13 +217,15 @@ def _sparse_rows(compiled):
 
 
 def test_compiled_pruned_ffn_chooses_sparse_at_a_big_shape_matches_eager_and_survives_save_load(tmp_path):
+    # The FFN's two linears (GELU between) are one sparse_mlp layer (optimize/fuse_sparse_mlp.py): one report row
+    # for the pair, the transposed sparse chain timed against the dense linears inside CUDA graphs.
     model = _ffn(1024, 4096)
     x = torch.randn(16, 512, 1024, device=CUDA, dtype=torch.half)
     compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1, sparse_weights=True)
     rows = _sparse_rows(compiled)
-    assert [r[3] for r in rows] == ["yes", "yes"], compiled.report.table()
-    assert any(r[4] == "sparse" for r in rows), compiled.report.table()
-    assert all(sparse_gemm.NAME in r[6] and "aten_addmm" in r[6] for r in rows)  # both were timed, per layer
+    assert [(r[1], r[3]) for r in rows] == [(KIND, "yes")], compiled.report.table()
+    assert sparse_mlp.CHAIN in rows[0][6] and "dense_aten_addmm" in rows[0][6], compiled.report.table()
+    print(compiled.report.table())
     with torch.no_grad():
         ref = model(x).float()
         out = compiled(x)
@@ -230,14 +233,18 @@ def test_compiled_pruned_ffn_chooses_sparse_at_a_big_shape_matches_eager_and_sur
     path = tmp_path / "ffn.kiln"
     kiln.save(compiled, path)
     loaded = kiln.load(path)
-    steps = [s for e in loaded.engine_blocks.values() for s in e.plan.steps if s.tactic == sparse_gemm.NAME]
-    assert steps and all({"alg_id", "cslt_shape"} <= set(s.layer.attrs[SPARSE_ATTR]) for s in steps)
+    saved = [s.tactic for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == KIND]
+    steps = [s for e in loaded.engine_blocks.values() for s in e.plan.steps if s.layer.kind == KIND]
+    assert [s.tactic for s in steps] == saved
+    for step in steps:
+        if step.tactic == sparse_mlp.CHAIN:
+            assert all({"alg_id", "cslt_shape"} <= set(info) for info in step.layer.attrs[CHAIN_ATTR])
     with torch.no_grad():
         assert relative_error(loaded(x).float(), out.float()) < 1e-3
 
 
 def _force_sparse(compiled):
-    """Every qualifying layer on the 2:4 tactic whatever the timing said, so the threads test exercises it."""
+    """Every qualifying layer on a 2:4 tactic whatever the timing said (an MLP pair on the chain), so the threads test exercises it."""
     for name, engine in compiled.engine_blocks.items():
         plan = engine.plan
         weights = PreparedWeights(dict(plan.weights), plan.tensors)
@@ -245,6 +252,9 @@ def _force_sparse(compiled):
             info = step.layer.attrs.get(SPARSE_ATTR)
             if info is not None and info["reason"] is None and step.tactic != sparse_gemm.NAME:
                 tactic = get_tactic(step.layer.kind, sparse_gemm.NAME)
+                plan.steps[i] = Step(weights.apply(step.layer, tactic), tactic.name)
+            if step.layer.kind == KIND and step.tactic != sparse_mlp.CHAIN:
+                tactic = get_tactic(KIND, sparse_mlp.CHAIN)
                 plan.steps[i] = Step(weights.apply(step.layer, tactic), tactic.name)
         used = {n for s in plan.steps for n in s.layer.inputs if n is not None}
         plan.weights = {n: w for n, w in weights.values.items() if n in used}
@@ -257,7 +267,7 @@ def test_threads_and_streams_each_get_their_own_answer(own_streams):
     model = _ffn(256, 1024)
     make = lambda: torch.randn(4, 64, 256, device=CUDA, dtype=torch.half)  # noqa: E731
     compiled = _force_sparse(kiln.compile(model, [make()], enabled_precisions={torch.half}, min_block_size=1, sparse_weights=True))
-    assert sum(s.tactic == sparse_gemm.NAME for e in compiled.engine_blocks.values() for s in e.plan.steps) == 2
+    assert [s.tactic for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == KIND] == [sparse_mlp.CHAIN]
     threads, calls = 6, 10
     inputs = [[make() for _ in range(calls)] for _ in range(threads)]
     with torch.no_grad():
@@ -276,3 +286,94 @@ def test_threads_and_streams_each_get_their_own_answer(own_streams):
     torch.cuda.synchronize()
     worst = max(relative_error(o.float(), r) for outs, rs in zip(results, refs) for o, r in zip(outs, rs))
     assert worst < 1e-2
+
+
+# ---------------------------------------------------------------- the sparse MLP chain (kernels/sparse_mlp.py)
+
+ACTIVATIONS = ["gelu", "relu", "silu"]
+
+
+def _mlp_layer(w1, w2, activation: str | None, residual: bool) -> Layer:
+    from kiln.engine.kernels.codegen.program import Program
+
+    def mark(w):
+        dtype = str(w.dtype).removeprefix("torch.")
+        return {"rows": w.shape[0], "cols": w.shape[1], "dtype": dtype, "pattern": True, "reason": None}
+
+    hidden = {"epilogue": Program(1, ({"kind": "unary", "args": [0], "attrs": {"op": activation}},), (1,)).to_json()} if activation else {}
+    out = {"epilogue": Program(2, ({"kind": "binary", "args": [0, 1], "attrs": {"op": "add"}},), (2,)).to_json()} if residual else {}
+    attrs = {"linears": [{"name": "up", "attrs": hidden}, {"name": "down", "attrs": out}], "hidden_inputs": 0,
+             CHAIN_ATTR: [mark(w1), mark(w2)]}  # fmt: skip
+    inputs = ["x", "w1", "b1", "w2", "b2", *(["r"] if residual else [])]
+    return Layer(KIND, "mlp", inputs, ["y"], attrs, str(w1.dtype).removeprefix("torch."))
+
+
+def _chain_inputs(layer, inputs):
+    chain = get_tactic(KIND, sparse_mlp.CHAIN)
+    prepared = chain.prepare(layer, {layer.inputs[i]: inputs[i] for i in sparse_mlp.WEIGHT_INPUTS})
+    return chain, [prepared[layer.inputs[i]] if i in sparse_mlp.WEIGHT_INPUTS else t for i, t in enumerate(inputs)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("activation", [*ACTIVATIONS, None])
+def test_the_sparse_mlp_chain_matches_dense_on_the_same_pruned_weights_in_and_out_of_a_cuda_graph(dtype, activation):
+    torch.manual_seed(0)
+    # 999 rows: cuSPARSELt's operand is padded to 1000, the padded columns of H^T and Y^T never read back.
+    x = torch.randn(3, 333, 1024, device=CUDA, dtype=dtype)
+    w1, w2 = _pruned(4096, 1024, dtype=dtype), _pruned(1024, 4096, dtype=dtype)
+    b1, b2 = torch.randn(4096, device=CUDA, dtype=dtype), torch.randn(1024, device=CUDA, dtype=dtype)
+    r = torch.randn(3, 333, 1024, device=CUDA, dtype=dtype)
+    layer = _mlp_layer(w1, w2, activation, residual=True)
+    inputs = [x, w1, b1, w2, b2, r]
+    run = RunContext({})
+    dense = get_tactic(KIND, "dense_aten_addmm").fn(layer, inputs, run).float()
+    ref = get_tactic(KIND, REFERENCE).fn(layer, inputs, run).float()
+    assert relative_error(dense, ref) < TOL[dtype]
+    chain, args = _chain_inputs(layer, inputs)
+    out = chain.fn(layer, args, run)
+    torch.cuda.synchronize()  # the searches ran in a child process; this context is sound
+    assert all("alg_id" in info and info["cslt_shape"] for info in layer.attrs[CHAIN_ATTR])
+    assert out.shape == dense.shape and out.dtype == dtype
+    assert relative_error(out.float(), dense) < TOL[dtype]
+    # Replayed from a CUDA graph, as the runtime does, with new values in the captured input.
+    static_x = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        chain.fn(layer, [static_x, *args[1:]], run)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = chain.fn(layer, [static_x, *args[1:]], run)
+    fresh = torch.randn_like(static_x)
+    static_x.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = get_tactic(KIND, "dense_aten_addmm").fn(layer, [fresh, *inputs[1:]], run).float()
+    assert relative_error(static_out.float(), expected) < TOL[dtype]
+
+
+def test_the_sparse_mlp_chain_from_two_threads_on_two_streams():
+    torch.manual_seed(0)
+    w1, w2 = _pruned(4096, 1024, dtype=torch.half), _pruned(1024, 4096, dtype=torch.half)
+    b1, b2 = _h(4096), _h(1024)
+    layer = _mlp_layer(w1, w2, "gelu", residual=True)
+    chain, args = _chain_inputs(layer, [_h(2048, 1024), w1, b1, w2, b2, _h(2048, 1024)])
+    run = RunContext({})
+    chain.fn(layer, args, run)  # the algorithm search, once, before the threads
+    torch.cuda.synchronize()
+    inputs = [[(_h(2048, 1024), _h(2048, 1024)) for _ in range(8)] for _ in range(2)]
+    refs = [[get_tactic(KIND, "dense_aten_addmm").fn(layer, [x, w1, b1, w2, b2, r], run).float() for x, r in per] for per in inputs]
+    torch.cuda.synchronize()
+
+    def worker(i):
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            outs = [chain.fn(layer, [x, args[1], b1, args[3], b2, r], run) for x, r in inputs[i]]
+        stream.synchronize()
+        return outs
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(worker, range(2)))
+    worst = max(relative_error(o.float(), r) for outs, rs in zip(results, refs) for o, r in zip(outs, rs))
+    assert worst < TOL[torch.half]
