@@ -142,7 +142,11 @@ def fused_norm_rows_triton(layer, inputs, run):
 _GENERATED: dict[tuple, object] = {}
 
 
-def fused_norm_source(prologue, epilogue, dtypes, num_leading: int, rms: bool, affine: tuple[bool, bool]) -> str:
+def row_norm_lines(rms: bool, affine: tuple[bool, bool]) -> tuple[list[str], list[str]]:
+    """A layer / RMS norm of each row of a [rows, BLOCK_D] FP32 tile, as Triton statements, and the pointer
+    parameters they read (then `eps`). They read `x` (zero in padding lanes), `mask`, `cols` and `D`, and leave
+    the result in `y`: every template that normalises rows in registers (the whole-row reductions here, the
+    depthwise conv + norm of triton_depthwise_norm.py) takes its arithmetic from this one place."""
     middle = ["centred = x"] if rms else ["mean = tl.sum(x, axis=1) / D", "centred = tl.where(mask, x - mean[:, None], 0.0)"]
     middle += ["var = tl.sum(centred * centred, axis=1) / D", "y = centred * (1.0 / tl.sqrt_rn(var + eps))[:, None]"]
     params = []
@@ -150,5 +154,10 @@ def fused_norm_source(prologue, epilogue, dtypes, num_leading: int, rms: bool, a
         if present:
             params.append(name)
             middle.append(f"y = y {op} tl.load({name} + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]")
+    return middle, params
+
+
+def fused_norm_source(prologue, epilogue, dtypes, num_leading: int, rms: bool, affine: tuple[bool, bool]) -> str:
+    middle, params = row_norm_lines(rms, affine)
     origin = "kernels/triton_norm.py"
     return row_kernel_source("norm_rows", origin, prologue, epilogue, dtypes, num_leading, "0.0", middle, [*params, "eps"])

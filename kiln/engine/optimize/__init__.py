@@ -62,6 +62,8 @@ def optimize_network(network: Network, block, captured, settings: CompileSetting
 #   GEMM epilogues (which absorb those groups), then reductions (which
 #   take the groups left next to a norm, softmax or mean as their prologue and epilogue); squeeze-excite
 #   gates just before the reductions (their mean is taken whole, with the FC stages and activations after it);
+#   a depthwise conv and the channel norm reading it after the reductions (a norm they gave a prologue or
+#   epilogue keeps it);
 # - layout after the fusions (it follows the fused layers to the inputs), views after layout;
 # - 2:4 weight marking last: it reads the fused layers' weights in their final dtype; then the sparse MLP
 #   chains, which join two marked linears (with the epilogues fused onto them) into one layer.
@@ -79,6 +81,7 @@ PASS_ORDER = [
     "fuse_gemm_epilogues",
     "fuse_squeeze_excite",
     "fuse_reductions",
+    "fuse_depthwise_norm",
     "assign_channels_last",
     "mark_views",
     "mark_2to4_weights",
@@ -91,6 +94,7 @@ from kiln.engine.optimize import fuse_reductions, fuse_squeeze_excite  # noqa: E
 from kiln.engine.optimize import layout, precision, quantize_placement, sparse_weights, views  # noqa: E402, F401, I001
 from kiln.engine.optimize import compose_gathers, sink_views  # noqa: E402, F401, I001
 from kiln.engine.optimize import fuse_attention  # noqa: E402, F401, I001
+from kiln.engine.optimize import fuse_depthwise_norm  # noqa: E402, F401, I001
 from kiln.engine.optimize import kernel_count  # noqa: E402, F401, I001
 from kiln.engine.optimize import fuse_sparse_mlp  # noqa: E402, F401, I001
 

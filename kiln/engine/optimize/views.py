@@ -24,6 +24,8 @@ STRIDE_TOLERANT = frozenset(
     | {"reshape", "permute", "select", "slice", "cast", "concat", "fused_reduction"}
     # F.*pool2d reads strides; the NHWC Triton pool transposes an input that is not NHWC in memory.
     | {"pool", "index_select"}
+    # The depthwise conv + norm tactics take any strides (the conv ones make the input channels-last, as conv's do).
+    | {"depthwise_norm"}
 )
 
 

@@ -1,0 +1,165 @@
+"""A depthwise conv and the layer / RMS norm over its channels (kernels/depthwise_norm.py) as one generated Triton kernel.
+
+triton_depthwise.py's core loop with the norm as its epilogue: a program owns BLOCK_P output
+pixels (flattened over n, oh, ow, so consecutive pixels walk along W and the taps of
+neighbouring pixels come from cache) x ALL channels, padded to BLOCK_D, a power of two. For
+each tap it loads a [BLOCK_P, BLOCK_D] block of NHWC input (contiguous along the channels) and
+that tap's weights, accumulating in FP32; then the bias and the conv's activation (generated from
+the op vocabulary by triton_epilogue), then the norm of every pixel's row of channels in
+registers (its statements are triton_norm.row_norm_lines, the same ones the generated
+whole-row reductions use), and one write of [N, OH, OW, C]. The conv's output is never
+written, and never read back.
+
+A program holds every channel of its pixels, so the tile is sized by elements, not pixels:
+with every tap unrolled, a large tile spills registers (triton_depthwise's measurement: 64 x 64
+with 4 warps was 5.6x slower than 64 x 32 on ConvNeXt-T's 7x7). Each config of CONFIGS (tile
+elements, warps) is a tactic the builder times per layer, against the unfused pair.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kiln.engine.ir.dtypes import dtype_from_name
+from kiln.engine.kernels.codegen.tiles import index_range, wide_index
+from kiln.engine.kernels.codegen.triton_source import load_kernel
+from kiln.engine.kernels.depthwise_norm import applies_on_gpu, weight_as_taps
+from kiln.engine.kernels.registry import tactic
+from kiln.engine.kernels.triton_epilogue import LOW_PRECISION, MODULE_HEADER, epilogue_lines, triton
+from kiln.engine.kernels.triton_norm import row_norm_lines
+from kiln.engine.runtime.executor import arena_output
+
+# Most channels one program normalises in registers (ConvNeXt's widest stage has 768).
+MAX_CHANNELS = 1024
+
+# Sizes that follow the input's shape are not specialised on: a ranged engine's new shape launches the
+# compiled kernel. {params} (the norm's weight / bias pointers), {conv_epilogue} and {norm} are filled per layer.
+TEMPLATE = """
+@triton.jit(do_not_specialize=["P", "H", "W", "OH", "OW"])
+def depthwise_norm_kernel(
+    x_ptr, w_ptr, conv_bias_ptr, {params}out_ptr,
+    P, D, H, W, OH, OW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, eps,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+    WIDE_INDEX: tl.constexpr,
+):
+PIXEL_RANGE
+    cols = tl.arange(0, BLOCK_D)
+    p_ok = p < P
+    c_ok = cols < D
+    n = p // (OH * OW)
+    rest = p % (OH * OW)
+    oh = rest // OW
+    ow = rest % OW
+    acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+    for kh in tl.static_range(KH):
+        ih = oh * STRIDE_H - PAD_H + kh * DIL_H
+        row_ok = p_ok & (ih >= 0) & (ih < H)
+        for kw in tl.static_range(KW):
+            iw = ow * STRIDE_W - PAD_W + kw * DIL_W
+            ok = row_ok & (iw >= 0) & (iw < W)
+            pixel = ((n * H + ih) * W + iw) * D
+            tap = tl.load(x_ptr + pixel[:, None] + cols[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
+            w = tl.load(w_ptr + (kh * KW + kw) * D + cols, mask=c_ok, other=0.0)
+            acc += tap.to(tl.float32) * w.to(tl.float32)[None, :]
+    mask = p_ok[:, None] & c_ok[None, :]
+    if HAS_BIAS:
+        acc += tl.load(conv_bias_ptr + cols, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    {conv_epilogue}
+    x = tl.where(mask, acc, 0.0)
+    {norm}
+    tl.store(out_ptr + p[:, None] * D + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+""".replace("PIXEL_RANGE", index_range("p", "tl.program_id(0)", "BLOCK_P", "    "))
+
+# name -> (elements of a program's [BLOCK_P, BLOCK_D] tile, num_warps): about 16 FP32 accumulators per thread in
+# each, the size that did not spill in triton_depthwise's tiles; at BLOCK_D = 1024 they are 1, 2 and 4 pixels.
+CONFIGS = {
+    "triton_depthwise_norm": (2048, 4),
+    "triton_depthwise_norm_1k": (1024, 2),
+    "triton_depthwise_norm_4k": (4096, 8),
+    "triton_depthwise_norm_512": (512, 1),
+}
+
+
+def fits(channels: int) -> bool:
+    return 0 < channels <= MAX_CHANNELS
+
+
+def block_sizes(channels: int, config: tuple[int, int]) -> tuple[int, int, int]:
+    """(BLOCK_P, BLOCK_D, warps): every channel in one row of the tile, pixels to fill the config's elements."""
+    tile, warps = config
+    block_d = max(16, triton.next_power_of_2(channels))
+    return max(1, tile // block_d), block_d, warps
+
+
+def kernel_source(conv_attrs: dict, rms: bool, affine: tuple[bool, bool]) -> str:
+    norm, params = row_norm_lines(rms, affine)
+    text = TEMPLATE.replace("{params}", "".join(f"{p}, " for p in params))
+    text = text.replace("{conv_epilogue}", epilogue_lines(conv_attrs, None).lstrip())
+    text = text.replace("{norm}", "\n".join("    " + line for line in norm).lstrip())
+    return "# Generated by kiln (kernels/triton_depthwise_norm.py); do not edit.\n" + MODULE_HEADER + text
+
+
+_KERNELS: dict[tuple, object] = {}
+
+
+def _kernel(conv_attrs: dict, rms: bool, affine: tuple[bool, bool]):
+    key = (conv_attrs.get("activation"), repr(sorted(conv_attrs.get("activation_attrs", {}).items())), rms, affine)
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        kernel = _KERNELS[key] = load_kernel(kernel_source(conv_attrs, rms, affine), "depthwise_norm_kernel")
+    return kernel
+
+
+def depthwise_norm(x, w_taps, conv_bias, norm_weight, norm_bias, conv_attrs: dict, norm_attrs: dict, out=None, config=None):
+    """norm(act(depthwise_conv(x) + bias)) over the channels, as [N, OH, OW, C]; x is [N, C, H, W], w_taps [KH, KW, C]."""
+    n, c, h, w = x.shape
+    if w_taps.dim() != 3 or w_taps.shape[2] != c:
+        raise ValueError("triton_depthwise_norm runs only with the [KH, KW, C] weight its prepare made")
+    if not fits(c):
+        raise ValueError(f"triton_depthwise_norm normalises at most {MAX_CHANNELS} channels in registers, not {c}")
+    kh, kw = w_taps.shape[:2]
+    (sh, sw), (ph, pw), (dh, dw) = conv_attrs["stride"], conv_attrs["padding"], conv_attrs["dilation"]
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    x = x.contiguous(memory_format=torch.channels_last)
+    shape = (n, oh, ow, c)
+    if out is None or tuple(out.shape) != shape or out.dtype != x.dtype or not out.is_contiguous():
+        out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    pixels = n * oh * ow
+    if pixels == 0:
+        return out
+    rms = norm_attrs["type"] == "rms"
+    norm_bias = None if rms else norm_bias
+    eps = norm_attrs.get("eps")
+    if eps is None:  # RMS norm's default: the machine epsilon of what it normalises
+        eps = torch.finfo(x.dtype).eps
+    vectors = [t.reshape(-1).contiguous() for t in (norm_weight, norm_bias) if t is not None]
+    block_p, block_d, warps = block_sizes(c, config or CONFIGS["triton_depthwise_norm"])
+    kernel = _kernel(conv_attrs, rms, (norm_weight is not None, norm_bias is not None))
+    kernel[(triton.cdiv(pixels, block_p),)](
+        x, w_taps, conv_bias if conv_bias is not None else x, *vectors, out,
+        pixels, c, h, w, oh, ow, sh, sw, ph, pw, dh, dw, float(eps),
+        KH=kh, KW=kw, HAS_BIAS=conv_bias is not None, WIDE_INDEX=wide_index(x.numel(), out.numel()),
+        BLOCK_P=block_p, BLOCK_D=block_d, num_warps=warps,
+    )  # fmt: skip
+    return out
+
+
+def _applies(layer, target) -> bool:
+    return applies_on_gpu(layer, target) and fits(layer.attrs["norm"]["shape"][0])
+
+
+def _register(name: str, config: tuple[int, int]) -> None:
+    def fused(layer, inputs, run):
+        x, w_taps, b, nw, nb = inputs
+        if x.dtype not in LOW_PRECISION or x.dtype != dtype_from_name(layer.attrs["conv_dtype"]):
+            raise ValueError(f"{name} takes FP16/BF16 convs that write their input's dtype")
+        a = layer.attrs
+        return depthwise_norm(x, w_taps, b, nw, nb, a["conv"]["attrs"], a["norm"], arena_output(run, 0), config)
+
+    fused.__doc__ = f"The conv and the norm in one generated kernel, tiles of {config[0]} elements on {config[1]} warps."
+    tactic("depthwise_norm", name, when=_applies, prepare=weight_as_taps)(fused)
+
+
+for _name, _config in CONFIGS.items():
+    _register(_name, _config)
