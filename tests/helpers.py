@@ -92,11 +92,12 @@ def run_outside_the_interpreter(module: str, tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-4000:]
 
 
-def network_as_cuda_build(model, inputs, without=(), only=None, precisions=frozenset({torch.half})):
+def network_as_cuda_build(model, inputs, without=(), only=None, precisions=frozenset({torch.half}), calibrator=None):
     """The model captured, converted and optimized as a CUDA build would, on the CPU: (network, settings).
 
     Every optimize pass runs (the CUDA-only fusions too), but those named in `without`, or only those in
-    `only`. Fusions are checked this way without a GPU; the settings are the CPU build's, for planning."""
+    `only`. Fusions are checked this way without a GPU; the settings are the CPU build's, for planning.
+    With INT8/FP8 in `precisions`, `calibrator` (a kiln.ptq calibrator) calibrates on the CPU."""
     import dataclasses
 
     from kiln.api import make_settings
@@ -105,11 +106,16 @@ def network_as_cuda_build(model, inputs, without=(), only=None, precisions=froze
     from kiln.engine.optimize import OPTIMIZE_PASSES, OptimizeContext
     from kiln.lowering import lower
     from kiln.partition import partition
+    from kiln.quantize.block import attach_calibration
 
-    settings = make_settings(model, inputs, {}, enabled_precisions=set(precisions), torch_executed_ops=(), device="cpu", min_block_size=1)
+    extra = {"calibrator": calibrator} if calibrator is not None else {}
+    settings = make_settings(
+        model, inputs, {}, enabled_precisions=set(precisions), torch_executed_ops=(), device="cpu", min_block_size=1, **extra
+    )
     with torch.no_grad():
         captured = capture(model, inputs, {}, settings)
     parts = partition(lower(captured.graph_module), settings)
+    attach_calibration(parts.graph_module, parts.block_names, captured, settings)
     (block,) = parts.block_names
     gm = getattr(parts.graph_module, block)
     network = convert_graph(gm)

@@ -7,10 +7,13 @@ mean over spatial dims...) and the pointwise programs next to it:
   output 0 is the reduction's input; its other outputs are values the rest of the network
   still reads (the residual stream itself), written by the same kernel as *handed-out* outputs;
 - the reduction layer itself, kept as its kind and attrs, so its reference runs unchanged;
-- an *epilogue*: the program applied to the reduction's result (input 0) and extra inputs.
+- an *epilogue*: the program applied to the reduction's result (input 0) and extra inputs. It may
+  have several outputs, all of the result's shape: a LayerNorm whose output feeds both a residual
+  add (in FP16) and an 8-bit linear writes the normalised row and its quantized copy, the epilogue's
+  outputs being input 0 itself and a `quantize` op of it.
 
 Inputs: [*prologue inputs, *the reduction's other inputs (weight, bias...), *epilogue inputs
-after its input 0]. Outputs: [the result, *the prologue's handed-out values].
+after its input 0]. Outputs: [*the epilogue's outputs (the results), *the prologue's handed-out values].
 
 The reference runs the three parts through their own references, which is by construction
 what the separate layers computed. Generated kernels register a tactic for this kind each in
@@ -68,7 +71,12 @@ class FusedParts:
     extras: list
     epilogue: Program
     epilogue_inputs: list  # the epilogue's inputs after its input 0, the reduction's result
-    out_dtypes: list[torch.dtype]
+    out_dtypes: list[torch.dtype]  # the results' (the epilogue's outputs), then the handed-out values'
+    num_results: int = 1  # outputs of the epilogue: out_dtypes[:num_results]
+
+    @property
+    def handed_dtypes(self) -> list[torch.dtype]:
+        return self.out_dtypes[self.num_results :]
 
 
 def split_inputs(layer: Layer, inputs: list, run: RunContext) -> FusedParts:
@@ -89,6 +97,7 @@ def split_inputs(layer: Layer, inputs: list, run: RunContext) -> FusedParts:
         epilogue,
         list(inputs[p + e :]),
         [dtype_from_name(d) for d in a["out_dtypes"]],
+        len(epilogue.outputs),
     )
 
 
@@ -116,8 +125,8 @@ def fused_reduction_reference(layer, inputs, run):
     x, *handed = evaluate(parts.prologue, parts.prologue_inputs, run)
     reduction = Layer(parts.kind, layer.name, [None] * (1 + len(parts.extras)), [""], parts.attrs)
     result = get_tactic(parts.kind, REFERENCE).fn(reduction, [x, *parts.extras], run)
-    (result,) = evaluate(parts.epilogue, [result, *parts.epilogue_inputs], run)
-    outs = [v.to(d) if v.dtype != d else v for v, d in zip([result, *handed], parts.out_dtypes)]
+    results = evaluate(parts.epilogue, [result, *parts.epilogue_inputs], run)
+    outs = [v.to(d) if v.dtype != d else v for v, d in zip([*results, *handed], parts.out_dtypes)]
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 
@@ -133,20 +142,23 @@ def fused_reduction_unfused(layer, inputs, run):
     ran at, even where a generated reduction kernel is the slower one."""
     parts = split_inputs(layer, inputs, run)
     x_dtype, mid_dtype = (dtype_from_name(d) for d in layer.attrs["reduction"]["dtypes"])
+    k = parts.num_results
     if parts.prologue is IDENTITY:
         x, handed = parts.prologue_inputs[0], []
     else:
-        planned = [None, *(arena_output(run, i) for i in range(1, len(parts.out_dtypes)))]
-        x, *handed = run_generated(parts.prologue, parts.prologue_inputs, [x_dtype, *parts.out_dtypes[1:]], planned)
+        planned = [None, *(arena_output(run, i) for i in range(k, len(parts.out_dtypes)))]
+        x, *handed = run_generated(parts.prologue, parts.prologue_inputs, [x_dtype, *parts.handed_dtypes], planned)
     middle = UNFUSED_MIDDLE.get((parts.kind, parts.attrs.get("type")), get_tactic(parts.kind, REFERENCE).fn)
     reduction = Layer(parts.kind, layer.name, [None] * (1 + len(parts.extras)), [""], parts.attrs)
     # Without the arena: the planned buffers are the fused layer's outputs, not the middle value's.
     result = middle(reduction, [x, *parts.extras], RunContext(run.symbols))
     if parts.epilogue is not IDENTITY:
-        (result,) = run_generated(parts.epilogue, [result, *parts.epilogue_inputs], [parts.out_dtypes[0]], [arena_output(run, 0)])
-    elif result.dtype != mid_dtype:
-        result = result.to(mid_dtype)
-    return result if not handed else (result, *handed)
+        planned = [arena_output(run, i) for i in range(k)]
+        results = run_generated(parts.epilogue, [result, *parts.epilogue_inputs], parts.out_dtypes[:k], planned)
+    else:
+        results = [result.to(mid_dtype) if result.dtype != mid_dtype else result]
+    outs = [*results, *handed]
+    return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 # (kind, type) -> a plain tactic faster than the reference for that reduction, as its kernel module registers it.

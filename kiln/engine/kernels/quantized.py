@@ -20,7 +20,7 @@ import torch
 
 from kiln.engine.kernels.pointwise import UNARY_OPS
 from kiln.engine.kernels.registry import reference
-from kiln.quantize.numerics import FP32_EXACT_K, accumulation_dtype, finish, integer_values, quantize
+from kiln.quantize.numerics import FP8_MAX, FP32_EXACT_K, accumulation_dtype, as_fp32, finish, integer_values, quantize
 
 
 def apply_activation(name: str, y: torch.Tensor, attrs: dict) -> torch.Tensor:
@@ -31,6 +31,26 @@ def apply_activation(name: str, y: torch.Tensor, attrs: dict) -> torch.Tensor:
 def quantize_reference(layer, inputs, run):
     a = layer.attrs
     return quantize(inputs[0], a["scale"], a.get("zero_point", 0), a["qdtype"], a.get("qmin", -128), a.get("qmax", 127))
+
+
+def quantize_text(x: str, scale: str, zero_point: str, qmin: str, qmax: str, fp8: bool) -> str:
+    """The quantize arithmetic as a Triton expression over the FP32 value `x` (the other arguments are expressions
+    too: literals or a kernel's arguments), exactly the reference's: an IEEE division by the FP32 scale rounded to
+    nearest; for int8 rint (half to even), + zero point, the clamp (the store's cast to int8 is then exact); for
+    e4m3 the ±448 clamp, the store's cast rounding to e4m3 as torch's .to(float8_e4m3fn) does.
+    Every kernel that writes 8 bits takes its arithmetic from here."""
+    scaled = f"tl.math.div_rn({x}, {scale})"
+    if fp8:
+        return f"tl.minimum(tl.maximum({scaled}, {-FP8_MAX!r}), {FP8_MAX!r})"
+    return f"tl.minimum(tl.maximum(libdevice.rint({scaled}) + {zero_point}, {qmin}), {qmax})"
+
+
+def quantize_triton_op(x: str, attrs: dict) -> str:
+    """A `quantize` layer as an op of generated kernels (codegen/program.py): its parameters become literals, the
+    scale rounded to FP32 first as the reference's division rounds it."""
+    a = attrs
+    bounds = (float(a.get("zero_point", 0)), float(a.get("qmin", -128)), float(a.get("qmax", 127)))
+    return quantize_text(x, repr(as_fp32(a["scale"])), *map(repr, bounds), fp8=a["qdtype"] == "fp8")
 
 
 def conv_accumulator(x: torch.Tensor, w: torch.Tensor, attrs: dict) -> torch.Tensor:

@@ -98,7 +98,7 @@ def group_norm(parts: FusedParts, planned: list) -> list[torch.Tensor]:
     partials = torch.empty(programs * split * 3, dtype=torch.float32, device=template.device)
 
     prologue_inputs = [_strided(t, shape) for t in parts.prologue_inputs]
-    handed = outs[1:]
+    results, handed = outs[: parts.num_results], outs[parts.num_results :]
     walk = "batch" if kind == "batch_stats" else "channels_inner" if _channels_inner(template) else "spatial_inner"
     # Kernel 2 reads the prologue's value where kernel 1 wrote it for the network, else recomputes it.
     reused = _reused_output(parts.prologue)
@@ -116,12 +116,12 @@ def group_norm(parts: FusedParts, planned: list) -> list[torch.Tensor]:
     affine = tuple(t is not None for t in (weight, bias))
     apply = _kernel(
         "apply", (apply_prologue, parts.epilogue), [t.dtype for t in apply_inputs], [t.dtype for t in epilogue_inputs],
-        affine, walk, outs[0].dtype,
+        affine, walk, tuple(r.dtype for r in results),
     )  # fmt: skip
     vectors = [t.reshape(-1).contiguous() for t in (weight, bias) if t is not None]
     apply[grid](
-        *apply_inputs, *vectors, *epilogue_inputs, outs[0], partials, *sizes, float(parts.attrs["eps"]),
-        *_all_strides([*apply_inputs, *epilogue_inputs, outs[0]], shape),
+        *apply_inputs, *vectors, *epilogue_inputs, *results, partials, *sizes, float(parts.attrs["eps"]),
+        *_all_strides([*apply_inputs, *epilogue_inputs, *results], shape),
         BLOCK=block, SPLIT_P2=triton.next_power_of_2(split), num_warps=warps,
     )  # fmt: skip
     return outs
@@ -160,15 +160,15 @@ def _all_strides(tensors: list[torch.Tensor], shape: list[int]) -> list[int]:
 _KERNELS: dict[tuple, object] = {}
 
 
-def _kernel(which: str, programs, in_dtypes, other_dtypes, affine, walk: str, out_dtype=None):
+def _kernel(which: str, programs, in_dtypes, other_dtypes, affine, walk: str, out_dtypes=()):
     key = (which, repr([p.to_json() for p in programs] if isinstance(programs, tuple) else programs.to_json()))
-    key += (tuple(in_dtypes), tuple(other_dtypes), affine, walk, out_dtype)
+    key += (tuple(in_dtypes), tuple(other_dtypes), affine, walk, out_dtypes)
     kernel = _KERNELS.get(key)
     if kernel is None:
         if which == "stats":
             source = stats_source(programs, in_dtypes, other_dtypes, walk)
         else:
-            source = apply_source(*programs, in_dtypes, other_dtypes, affine, walk, out_dtype)
+            source = apply_source(*programs, in_dtypes, other_dtypes, affine, walk, out_dtypes)
         kernel = _KERNELS[key] = load_kernel(source, f"group_norm_{which}")
     return kernel
 
@@ -227,13 +227,15 @@ def stats_source(prologue: Program, in_dtypes, handed_dtypes, walk: str) -> str:
     )
 
 
-def apply_source(prologue: Program, epilogue: Program, in_dtypes, epi_dtypes, affine, walk: str, out_dtype) -> str:
+def apply_source(prologue: Program, epilogue: Program, in_dtypes, epi_dtypes, affine, walk: str, out_dtypes) -> str:
+    """Kernel 2; `out_dtypes` are the results' (the epilogue's outputs)."""
     ins = [f"pin{i}" for i in range(len(in_dtypes))]
     vectors = [name for name, present in zip(("weight", "bias"), affine) if present]
     epis = [f"ein{i}" for i in range(len(epi_dtypes))]
-    strides = [s for name in (*ins, *epis, "out0") for s in stride_params(name, 3)]
+    outs = [f"out{i}" for i in range(len(out_dtypes))]
+    strides = [s for name in (*ins, *epis, *outs) for s in stride_params(name, 3)]
     signature = ", ".join(
-        [*ins, *vectors, *epis, "out0", "part", "G", "CG", "S", "M", "CHUNK", "SPLIT", "eps", *strides]
+        [*ins, *vectors, *epis, *outs, "part", "G", "CG", "S", "M", "CHUNK", "SPLIT", "eps", *strides]
         + ["BLOCK: tl.constexpr", "SPLIT_P2: tl.constexpr"]
     )
     pro_lines, pro_results = emit_loaded(prologue, ins, in_dtypes, AXES, "mask", "p")
@@ -262,9 +264,9 @@ def apply_source(prologue: Program, epilogue: Program, in_dtypes, epi_dtypes, af
         f"    y = ({pro_results[0]}.to(tl.float32) - mean) * rstd",
         *("    " + line for line in affine_lines),
         *("    " + line for line in epi_lines),
-        "    " + store("out0", out_dtype, AXES, epi_results[0], "mask"),
+        *("    " + store(o, d, AXES, r, "mask") for o, d, r in zip(outs, out_dtypes, epi_results)),
     ]
     text = "\n".join("    " + line for line in body)
-    return dtypes_comment("kernels/triton_group_norm.py", [*in_dtypes, *epi_dtypes, out_dtype]) + HEADER + (
+    return dtypes_comment("kernels/triton_group_norm.py", [*in_dtypes, *epi_dtypes, *out_dtypes]) + HEADER + (
         f"@triton.jit\ndef group_norm_apply({signature}):\n{text}\n"
     )

@@ -3,16 +3,27 @@
 The reference is five element-wise PyTorch kernels (divide, round, add, clamp, cast), each a
 trip through memory; here one read and one 1-byte write. The output keeps the input's strides
 (NHWC stays NHWC for the next implicit-GEMM conv). Rounding as the reference: an IEEE division
-rounded to nearest, then rint (half to even).
+rounded to nearest, then rint (half to even): the text of kernels/quantized.quantize_text, which every
+kernel writing 8 bits shares.
+
+A second tactic runs the quantize as a one-op program of the generated pointwise kernel
+(kernels/fused_pointwise.py), which reads its input through its strides: the attention output
+behind a permute (an INT8 BERT layer's O-projection input) is quantized where it lies, where the
+kernel above first copies a strided input dense. The builder times both.
 """
 
 from __future__ import annotations
 
 import torch
 
+from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.kernels.codegen.triton_source import load_kernel
+from kiln.engine.kernels.fused_pointwise import run_generated
+from kiln.engine.kernels.quantized import quantize_text
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import MODULE_HEADER, triton
+from kiln.engine.runtime.executor import arena_output
+from kiln.quantize.numerics import STORAGE
 
 SOURCE = (
     MODULE_HEADER
@@ -21,14 +32,14 @@ SOURCE = (
 def quantize_kernel(x_ptr, q_ptr, numel, scale, zp, qmin, qmax, FP8: tl.constexpr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < numel
-    y = tl.math.div_rn(tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32), scale)
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if FP8:
-        tl.store(q_ptr + offsets, tl.minimum(tl.maximum(y, -448.0), 448.0).to(tl.float8e4nv), mask=mask)
+        tl.store(q_ptr + offsets, (FP8_VALUE).to(tl.float8e4nv), mask=mask)
     else:
-        q = tl.minimum(tl.maximum(libdevice.rint(y) + zp, qmin), qmax)
-        tl.store(q_ptr + offsets, q.to(tl.int8), mask=mask)
+        tl.store(q_ptr + offsets, (INT8_VALUE).to(tl.int8), mask=mask)
 """
-)
+).replace("FP8_VALUE", quantize_text("x", "scale", "zp", "qmin", "qmax", fp8=True))
+SOURCE = SOURCE.replace("INT8_VALUE", quantize_text("x", "scale", "zp", "qmin", "qmax", fp8=False))
 BLOCK = 1024
 
 
@@ -59,3 +70,12 @@ def _applies(layer, target) -> bool:
 
 
 tactic("quantize", "triton_quantize", when=_applies)(quantize_triton)
+
+
+def quantize_generated(layer, inputs, run):
+    op = {"kind": "quantize", "op": "quantize", "args": [0], "attrs": dict(layer.attrs)}
+    (out,) = run_generated(Program(1, (op,), (1,)), [inputs[0]], [STORAGE[layer.attrs["qdtype"]]], [arena_output(run, 0)])
+    return out
+
+
+tactic("quantize", "triton_generated", when=_applies)(quantize_generated)

@@ -5,7 +5,7 @@ The tail runs on the FP32 tile before the single write, in the order of the refe
 (quantize/numerics.finish): acc * (w_scale[c] * x_scale), + bias, then the layer's generated
 epilogue (residual add, activation: triton_epilogue.load_template fills `{epilogue}` from the op
 vocabulary), then either a cast to the output dtype or a requantization to int8/e4m3 with the
-readers' scale (division rounded to nearest as in the reference, rint = round half to even).
+readers' scale (kernels/quantized.quantize_text, the arithmetic every 8-bit writer shares).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from kiln.engine.ir.dtypes import dtype_from_name
+from kiln.engine.kernels.quantized import quantize_text
 from kiln.engine.kernels.triton_epilogue import fusable_activation, triton
 
 # Tile configurations (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); each is its own tactic,
@@ -37,15 +38,13 @@ EPILOGUE_TAIL = """
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     {epilogue}
     if OUT_MODE == 1:
-        q = libdevice.rint(tl.math.div_rn(acc, out_scale)) + out_zp
-        q = tl.minimum(tl.maximum(q, out_qmin), out_qmax)
-        tl.store(c_ptr + offsets, q.to(tl.int8), mask=mask)
+        tl.store(c_ptr + offsets, (INT8_VALUE).to(tl.int8), mask=mask)
     elif OUT_MODE == 2:
-        q = tl.minimum(tl.maximum(tl.math.div_rn(acc, out_scale), -448.0), 448.0)
-        tl.store(c_ptr + offsets, q.to(tl.float8e4nv), mask=mask)
+        tl.store(c_ptr + offsets, (FP8_VALUE).to(tl.float8e4nv), mask=mask)
     else:
         tl.store(c_ptr + offsets, acc.to(c_ptr.dtype.element_ty), mask=mask)
-"""
+""".replace("INT8_VALUE", quantize_text("acc", "out_scale", "out_zp", "out_qmin", "out_qmax", fp8=False))
+EPILOGUE_TAIL = EPILOGUE_TAIL.replace("FP8_VALUE", quantize_text("acc", "out_scale", "out_zp", "out_qmin", "out_qmax", fp8=True))
 # An 8-bit residual (a block's requantized output, placement._requantize_outputs) is dequantized here;
 # a float one has res_zp 0 and res_scale 1, exact.
 RESIDUAL_LOAD = "((tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32) - res_zp) * res_scale)"

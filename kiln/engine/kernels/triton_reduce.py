@@ -80,8 +80,9 @@ def reduce(parts: FusedParts, planned: list) -> list[torch.Tensor]:
     out_shape = [1 if d in dims else size for d, size in enumerate(shape)] if keepdim else [shape[d] for d in kept]
     template = max(parts.prologue_inputs, key=lambda t: (list(t.shape) == shape, t.numel()))
     outs = []
+    k = parts.num_results
     for i, (dtype, buf) in enumerate(zip(parts.out_dtypes, planned)):
-        want = out_shape if i == 0 else shape
+        want = out_shape if i < k else shape
         if buf is None or list(buf.shape) != want or buf.dtype != dtype:
             buf = torch.empty(want, dtype=dtype, device=template.device)
         outs.append(buf)
@@ -111,13 +112,13 @@ def reduce(parts: FusedParts, planned: list) -> list[torch.Tensor]:
     else:
         block_o = min(64, triton.next_power_of_2(num_out))
         block_r = min(triton.next_power_of_2(num_red), max(1, 4096 // block_o))
-    handed = outs[1:]
+    handed = outs[k:]
     kernel = _kernel(
         parts.prologue, parts.epilogue, op, max(1, len(kept)), len(dims), reduced_inner,
         [t.dtype for t in parts.prologue_inputs], [t.dtype for t in parts.epilogue_inputs], [o.dtype for o in outs],
     )  # fmt: skip
     strides = [s for t in (*parts.prologue_inputs, *handed) for s in input_strides(t)]
-    strides += [s for t in (*parts.epilogue_inputs, outs[0]) for s in output_strides(t)]
+    strides += [s for t in (*parts.epilogue_inputs, *outs[:k]) for s in output_strides(t)]
     args = [*parts.prologue_inputs, *parts.epilogue_inputs, *outs, num_out, num_red, *(kept_sizes or [1]), *red_sizes, *strides]
     kernel[(triton.cdiv(num_out, block_o),)](*args, BLOCK_O=block_o, BLOCK_R=block_r, num_warps=4)
     return outs
@@ -153,9 +154,10 @@ def kernel_source(prologue, epilogue, op, num_kept, num_red, reduced_inner, in_d
     ins = [f"pin{i}" for i in range(len(in_dtypes))]
     epis = [f"ein{i}" for i in range(len(epi_dtypes))]
     outs = [f"out{i}" for i in range(len(out_dtypes))]
+    k = len(epilogue.outputs)  # the results come first, then the prologue's handed-out values
     rank = num_kept + num_red
-    strides = [s for name in (*ins, *outs[1:]) for s in stride_params(name, rank)]
-    strides += [s for name in (*epis, outs[0]) for s in stride_params(name, num_kept)]
+    strides = [s for name in (*ins, *outs[k:]) for s in stride_params(name, rank)]
+    strides += [s for name in (*epis, *outs[:k]) for s in stride_params(name, num_kept)]
     sizes = [f"K{d}" for d in range(num_kept)] + [f"R{d}" for d in range(num_red)]
     signature = ", ".join([*ins, *epis, *outs, "NO", "NR", *sizes, *strides, "BLOCK_O: tl.constexpr", "BLOCK_R: tl.constexpr"])
     # Tile [BLOCK_O, BLOCK_R] when the reduced dims are innermost in memory, else [BLOCK_R, BLOCK_O].
@@ -177,13 +179,13 @@ def kernel_source(prologue, epilogue, op, num_kept, num_red, reduced_inner, in_d
         *("    " + line for line in pro_lines),
         f"    v = {pro_results[0]}.to(tl.float32)",
         f"    acc = {fold}",
-        *("    " + store(n, d, x_axes, r, "mask") for n, d, r in zip(outs[1:], out_dtypes[1:], pro_results[1:])),
+        *("    " + store(n, d, x_axes, r, "mask") for n, d, r in zip(outs[k:], out_dtypes[k:], pro_results[1:])),
         # Outputs past the end hold -inf for amax: zero them so the epilogue computes nothing undefined.
         f"y = tl.where(omask, {finish.format(axis=axis)}, 0.0)",
     ]
     o_axes = [f"k{d}" for d in range(num_kept)]
     epi_lines, epi_results = emit_loaded(epilogue, epis, epi_dtypes, o_axes, "omask", "e", first="y")
-    body += [*epi_lines, store("out0", out_dtypes[0], o_axes, epi_results[0], "omask")]
+    body += [*epi_lines, *(store(n, d, o_axes, r, "omask") for n, d, r in zip(outs, out_dtypes, epi_results))]
     text = "\n".join("    " + line for line in body)
     return dtypes_comment("kernels/triton_reduce.py", [*in_dtypes, *epi_dtypes, *out_dtypes]) + HEADER + (
         f"@triton.jit\ndef reduce_kernel({signature}):\n{text}\n"

@@ -26,7 +26,7 @@ from itertools import count
 from kiln.engine.ir.dtypes import dtype_name
 from kiln.engine.ir.network import Layer, Network
 from kiln.engine.ir.symbolic import Dim
-from kiln.engine.kernels.codegen.program import OP_KINDS, VALUE_DTYPES, Program, is_generatable
+from kiln.engine.kernels.codegen.program import OP_KINDS, Program, is_generatable, values_fit
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.precision import with_fp32_members
 
@@ -52,8 +52,8 @@ def fuse_pointwise_groups(network: Network) -> Network:
 def _fusable(layer: Layer, network: Network) -> bool:
     if layer.kind not in OP_KINDS or len(layer.outputs) != 1:
         return False
-    names = [n for n in (*layer.inputs, *layer.outputs) if n is not None]
-    return all(network.tensors[n].dtype in VALUE_DTYPES for n in names) and is_generatable(layer)
+    ins = [network.tensors[n].dtype for n in layer.inputs if n is not None]
+    return values_fit(layer, ins, [network.tensors[n].dtype for n in layer.outputs]) and is_generatable(layer)
 
 
 def _find_groups(network: Network) -> list[list[Layer]]:

@@ -9,7 +9,11 @@ Then, after pointwise fusion has grouped the element-wise layers:
   residual add) become extra outputs the kernel writes; none of those readers may come before
   the fused layer's place;
 - epilogue: if the reduction's result has one reader and that reader is such a layer of the
-  same shape, its program runs on the result before it is stored (as GEMM epilogues do).
+  same shape, its program runs on the result before it is stored (as GEMM epilogues do). With
+  several readers, one such reader that comes before the others still joins, and the result is
+  written too, as a second output: the LayerNorm of an INT8 BERT layer feeds the next 8-bit linear
+  through a `quantize` layer and a residual add in FP16, so the norm writes the FP16 row and its
+  8-bit copy in one kernel, and the quantize layer (a read and a launch) is gone.
 The fused layer takes the place of its last member. The builder still times the generated
 tactic against the reference, which runs the members one by one, so fusing never forces a
 slower kernel.
@@ -51,7 +55,7 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
     producer = network.producer()
     readers = network.consumers()
     position = {m.name: i for i, m in enumerate(network.layers)}
-    epilogue_layer = _epilogue_layer(network, reduction, readers)
+    epilogue_layer = _epilogue_layer(network, reduction, readers, position)
     place = position[(epilogue_layer or reduction).name]
     prologue_layer = _prologue_layer(network, reduction, producer, readers, position, place)
     if prologue_layer is not None and epilogue_layer is not None and set(epilogue_layer.inputs) & set(prologue_layer.outputs):
@@ -77,16 +81,21 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
         pro_inputs, views, pro_program, _ = chain
     else:
         pro_inputs, pro_program = [x], None
-    result = reduction.outputs[0]
+    results = [reduction.outputs[0]]
     if epilogue_layer is not None:
-        epi_inputs, epi_program = _epilogue_program(network, epilogue_layer, result)
-        result = epilogue_layer.outputs[0]
+        epi_inputs, epi_program = _epilogue_program(network, epilogue_layer, results[0])
+        if len(readers[results[0]]) > 1 or results[0] in network.outputs:
+            # The result is read elsewhere too: the epilogue also hands out its input 0, the result itself.
+            epi_program = Program(epi_program.num_inputs, epi_program.ops, (*epi_program.outputs, 0))
+            results = [epilogue_layer.outputs[0], results[0]]
+        else:
+            results = [epilogue_layer.outputs[0]]
     else:
-        epi_inputs, epi_program = [result], None
+        epi_inputs, epi_program = [results[0]], None
     inputs = [*pro_inputs, *extras, *epi_inputs[1:]]
     if len([n for n in inputs if n is not None]) > MAX_INPUTS:
         return None, set()
-    outputs = [result, *handed]
+    outputs = [*results, *handed]
     members = [m for m in (*(chain[3][::-1] if chain else ()), prologue_layer, reduction, epilogue_layer) if m is not None]
     attrs = {
         "reduction": {
@@ -125,16 +134,28 @@ def _prologue_layer(network, reduction, producer, readers, position, place) -> L
     return made_by
 
 
-def _epilogue_layer(network, reduction, readers) -> Layer | None:
+def _epilogue_layer(network, reduction, readers, position) -> Layer | None:
     out = reduction.outputs[0]
-    users = readers.get(out, [])
-    if out in network.outputs or len(users) != 1 or not _pointwise(users[0], network) or len(users[0].outputs) != 1:
+    users = sorted(readers.get(out, []), key=lambda r: position[r.name])
+    if not users or not _pointwise(users[0], network) or len(users[0].outputs) != 1:
         return None
+    if (len(users) > 1 or out in network.outputs) and not _worth_a_second_output(network, users[0]):
+        return None
+    # The fused layer sits at the epilogue's place: the result's other readers come after it (sorted above).
     reader = users[0]
     result = network.tensors[reader.outputs[0]]
     if list(result.shape) != list(network.tensors[out].shape) or reader.inputs.count(out) != 1:
         return None
     return reader
+
+
+def _worth_a_second_output(network: Network, reader: Layer) -> bool:
+    """Whether a reader of a result that others read too should join as its epilogue. Only one that quantizes: its
+    8-bit output is an extra byte per element written, against a read of the result (2 bytes in FP16) and a launch.
+    A float reader would write as much as it saves, and it may still fuse into the result's other side."""
+    program = Program.from_json(reader.attrs["program"]) if reader.kind == "fused_pointwise" else None
+    ops = [op["kind"] for op in program.ops] if program is not None else [reader.kind]
+    return "quantize" in ops and all(network.tensors[o].dtype.itemsize == 1 for o in reader.outputs)
 
 
 def _prologue_program(network: Network, layer: Layer) -> tuple[list[str], Program, list[str]]:

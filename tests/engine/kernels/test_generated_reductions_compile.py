@@ -28,16 +28,30 @@ except ImportError:  # pragma: no cover - an older Triton
 F16 = torch.float16
 ADD = Program(2, ({"kind": "binary", "op": "add", "args": [0, 1], "attrs": {"op": "add"}},), (2, 2))
 SILU = Program(1, ({"kind": "unary", "op": "silu", "args": [0], "attrs": {"op": "silu"}},), (1,))
+QUANTIZE = {
+    qdtype: Program(1, ({"kind": "quantize", "op": "quantize", "args": [0], "attrs": {"scale": 0.03, "qdtype": qdtype}},), (1, 0))
+    for qdtype in ("int8", "fp8")
+}
 BLOCKS = {"BLOCK": 256, "SPLIT_P2": 16, "BLOCK_R": 16, "BLOCK_D": 64, "BLOCK_O": 32}
 SOURCES = {
     "group_norm_stats_nhwc": (triton_group_norm.stats_source(ADD, [F16, F16], [F16], "channels_inner"), "group_norm_stats"),
     "group_norm_apply_batch": (
-        triton_group_norm.apply_source(IDENTITY, SILU, [F16], [], (True, True), "batch", F16),
+        triton_group_norm.apply_source(IDENTITY, SILU, [F16], [], (True, True), "batch", (F16,)),
         "group_norm_apply",
     ),
     "reduce_kept_inner": (triton_reduce.kernel_source(ADD, IDENTITY, "amax", 1, 2, False, [F16, F16], [], [F16, F16]), "reduce_kernel"),
     "norm_rows": (triton_norm.fused_norm_source(ADD, SILU, ([F16, F16], [], [F16, F16]), 2, False, (True, True)), "norm_rows"),
+    # A LayerNorm writing its row and the 8-bit copy an INT8/FP8 linear reads (out0 8-bit, out1 FP16).
+    "norm_rows_int8": (
+        triton_norm.fused_norm_source(IDENTITY, QUANTIZE["int8"], ([F16], [], [torch.int8, F16]), 2, False, (True, True)),
+        "norm_rows",
+    ),
+    "norm_rows_fp8": (
+        triton_norm.fused_norm_source(IDENTITY, QUANTIZE["fp8"], ([F16], [], [torch.float8_e4m3fn, F16]), 2, False, (True, True)),
+        "norm_rows",
+    ),
 }
+EIGHT_BIT_OUT = {"norm_rows_int8": "*i8", "norm_rows_fp8": "*fp8e4nv"}
 
 
 def _argument_type(name: str) -> str:
@@ -51,11 +65,12 @@ def _argument_type(name: str) -> str:
 
 
 def compile_all() -> None:
-    for source, name in SOURCES.values():
+    for key, (source, name) in SOURCES.items():
         loaded = load_kernel(source, name)
         fn = loaded if isinstance(loaded, JITFunction) else JITFunction(loaded.fn)
         constexprs = [p.name for p in inspect.signature(fn.fn).parameters.values() if "constexpr" in str(p.annotation)]
-        compile_for_sm90(fn, {p: BLOCKS[p] for p in constexprs}, _argument_type)
+        types = {"out0": EIGHT_BIT_OUT[key]} if key in EIGHT_BIT_OUT else {}
+        compile_for_sm90(fn, {p: BLOCKS[p] for p in constexprs}, lambda p, types=types: types.get(p) or _argument_type(p))
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):

@@ -19,12 +19,15 @@ from kiln.engine.ir.dtypes import dtype_from_name
 from kiln.engine.ir.network import Layer
 from kiln.engine.kernels.elementwise import BINARY_TRITON
 from kiln.engine.kernels.pointwise import UNARY_TRITON
+from kiln.engine.kernels.quantized import quantize_triton_op
 from kiln.engine.kernels.registry import REFERENCE, RunContext, get_tactic
 
-OP_KINDS = frozenset({"unary", "binary", "where", "cast", "copy"})
+OP_KINDS = frozenset({"unary", "binary", "where", "cast", "copy", "quantize"})
 # dtypes a generated kernel loads and stores: floats are computed in FP32, booleans as int1.
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 VALUE_DTYPES = (*FLOAT_DTYPES, torch.bool)
+# 8-bit values a generated kernel stores and never loads: what a `quantize` op makes, for the 8-bit layers that read it.
+EIGHT_BIT_DTYPES = (torch.int8, torch.float8_e4m3fn)
 _TRITON_FLOAT = {"float16": "tl.float16", "bfloat16": "tl.bfloat16", "float32": "tl.float32"}
 
 
@@ -54,7 +57,16 @@ def is_generatable(layer: Layer) -> bool:
         return layer.inputs[1] is not None or (isinstance(a.get("scalar"), (int, float)) and _finite(a["scalar"]))
     if layer.kind == "cast":
         return dtype_from_name(a["dtype"]) in VALUE_DTYPES
+    if layer.kind == "quantize":
+        return a.get("qdtype") in ("int8", "fp8") and all(_finite(a.get(k, 0)) for k in ("scale", "zero_point", "qmin", "qmax"))
     return layer.kind in ("where", "copy")
+
+
+def values_fit(layer: Layer, dtypes: Sequence[torch.dtype], out_dtypes: Sequence[torch.dtype]) -> bool:
+    """Whether a generated kernel can load `dtypes` and store `out_dtypes` for this layer's op: floats and booleans
+    in and out, and a quantize's 8-bit output (nothing in a kernel reads an 8-bit value back)."""
+    stored = EIGHT_BIT_DTYPES if layer.kind == "quantize" else VALUE_DTYPES
+    return all(d in VALUE_DTYPES for d in dtypes) and all(d in stored for d in out_dtypes)
 
 
 def _finite(value) -> bool:
@@ -116,6 +128,8 @@ def _op_text(op: dict, args: list[str], arg_bools: list[bool]) -> tuple[str, boo
         return (value if dtype == "float32" else f"{value}.to({_TRITON_FLOAT[dtype]}).to(tl.float32)"), False
     if kind == "copy":
         return args[0], arg_bools[0]
+    if kind == "quantize":
+        return f"({quantize_triton_op(args[0], a)})", False
     raise KeyError(f"no Triton form for layer kind {kind!r}")
 
 

@@ -66,7 +66,7 @@ def row_kernel_source(
     """Module text of kernel `name`: args (prologue inputs, *params, epilogue inputs, outputs, R, D, leading sizes, strides).
 
     `dtypes` are those of the prologue inputs, the epilogue's inputs after its first, and the outputs
-    (the result, then the prologue's handed-out values)."""
+    (the epilogue's results, then the prologue's handed-out values)."""
     in_dtypes, epi_dtypes, out_dtypes = dtypes
     ins = [f"pin{i}" for i in range(len(in_dtypes))]
     epis = [f"ein{i}" for i in range(len(epi_dtypes))]
@@ -90,7 +90,8 @@ def row_kernel_source(
     body += [*pro_lines, f"x = tl.where(mask, {pro_results[0]}.to(tl.float32), {fill})", *middle]
     epi_lines, epi_results = emit_loaded(epilogue, epis, epi_dtypes, axes, "mask", "e", first="y")
     body += epi_lines
-    body.append(store("out0", out_dtypes[0], axes, epi_results[0], "mask"))
-    body += [store(o, d, axes, v, "mask") for o, d, v in zip(outs[1:], out_dtypes[1:], pro_results[1:])]
+    k = len(epi_results)
+    body += [store(o, d, axes, v, "mask") for o, d, v in zip(outs, out_dtypes, epi_results)]
+    body += [store(o, d, axes, v, "mask") for o, d, v in zip(outs[k:], out_dtypes[k:], pro_results[1:])]
     text = "\n".join("    " + line for line in body)
     return dtypes_comment(origin, [*in_dtypes, *epi_dtypes, *out_dtypes]) + HEADER + f"@triton.jit\ndef {name}({signature}):\n{text}\n"
