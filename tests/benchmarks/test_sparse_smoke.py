@@ -17,3 +17,15 @@ def test_smoke_run_matches_eager_marks_the_pruned_gemms_and_records_no_timings(t
     assert marked == {"ffn_gemms": (2, 2), "bert_large_encoder": (4, 4)}  # every pruned linear found 2:4
     assert not any(key in r for r in rows for key in ("median_ms", "p90_ms"))
     assert "correctness only" in (tmp_path / "results.md").read_text()
+
+
+def test_ffn_pairs_are_summed_from_the_builders_candidate_times():
+    from benchmarks.sparse import ffn_times
+
+    layers = {
+        "up+down": {"kind": "sparse_mlp", "chosen": "cusparselt_2to4_chain", "ms": {"cusparselt_2to4_chain": 0.3, "dense_aten_addmm": 0.4}},
+        "up_1+down_1": {"kind": "sparse_mlp", "chosen": "dense_aten_addmm", "ms": {"cusparselt_2to4_chain": 0.5, "dense_aten_addmm": 0.4}},
+        "qkv": {"kind": "linear", "chosen": "aten_addmm", "ms": {"cusparselt_2to4": 0.1, "aten_addmm": 0.2}},
+    }
+    assert ffn_times(layers) == {"pairs": 2, "dense_ms": 0.8, "sparse_ms": 0.8, "ratio": 1.0, "chose_sparse": 1}
+    assert ffn_times({"qkv": layers["qkv"]}) is None
