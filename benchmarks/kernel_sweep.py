@@ -4,6 +4,7 @@
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py small   # batch-1 GEMMs
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py dw      # depthwise convs (ConvNeXt 7x7, EfficientNet 3x3 / 5x5)
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py qgemm   # INT8 / FP8 GEMMs (BERT-base, resnet50 1x1) against cuBLAS
+    PYTHONPATH=. python3 benchmarks/kernel_sweep.py dwln    # ConvNeXt-T's 7x7 depthwise + LayerNorm: fused vs the pair
 
 Each printed line is one shape as JSON: the library's time, then each config's, in microseconds of GPU
 time per call replayed from a CUDA graph (builder/timing.time_in_graph), or the error it hit. This is how
@@ -26,8 +27,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from kiln.engine.builder.timing import time_in_graph  # noqa: E402
-from kiln.engine.kernels import triton_depthwise, triton_gemm, triton_quantized_gemm  # noqa: E402
+from kiln.engine.kernels import triton_depthwise, triton_depthwise_norm, triton_gemm, triton_quantized_gemm  # noqa: E402
 from kiln.engine.kernels.codegen.program import Program  # noqa: E402
+from kiln.engine.kernels.triton_norm import row_norm  # noqa: E402
 
 GELU = Program(1, ({"kind": "unary", "op": "gelu", "args": [0], "attrs": {"op": "gelu", "approximate": "none"}},), (1,))
 # name, M, K, N, GELU epilogue
@@ -60,6 +62,14 @@ QGEMM_CONFIGS = [
     (128, 128, 128, 8, 3), (128, 64, 64, 4, 4), (64, 64, 64, 4, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
     (128, 128, 128, 4, 4), (128, 128, 64, 4, 4), (128, 256, 64, 8, 4), (64, 128, 128, 4, 4), (128, 128, 256, 8, 2),
 ]  # fmt: skip
+# name, N, C, H = W: ConvNeXt-T's depthwise conv + LayerNorm per stage (7x7, stride 1), at batch 128 and 1
+DEPTHWISE_NORM = [
+    ("convnext_b128_s1", 128, 96, 56), ("convnext_b128_s2", 128, 192, 28), ("convnext_b128_s3", 128, 384, 14),
+    ("convnext_b128_s4", 128, 768, 7), ("convnext_b1_s1", 1, 96, 56), ("convnext_b1_s2", 1, 192, 28),
+    ("convnext_b1_s3", 1, 384, 14), ("convnext_b1_s4", 1, 768, 7),
+]  # fmt: skip
+# (tile elements, warps) of the fused kernel beyond its CONFIGS, to see whether another one should join them.
+DEPTHWISE_NORM_TILES = [(256, 1), (1024, 1), (1024, 4), (2048, 2), (2048, 8), (4096, 4), (8192, 8), (8192, 16)]
 DEPTHWISE_TILES = [(64, 64, 4), (32, 64, 4), (16, 128, 4), (64, 32, 4), (128, 32, 4), (32, 32, 2), (8, 128, 2), (64, 64, 8)]
 
 
@@ -112,6 +122,34 @@ def sweep_depthwise() -> None:
         print(json.dumps(row), flush=True)
 
 
+def sweep_depthwise_norm() -> None:
+    """The fused depthwise conv + LayerNorm kernel per config against the pairs the builder would otherwise keep:
+    cuDNN's conv or each Triton depthwise tile, then the row LayerNorm (the *_unfused tactics of depthwise_norm)."""
+    for name, batch, c, hw in DEPTHWISE_NORM:
+        x = torch.randn(batch, c, hw, hw, device="cuda", dtype=torch.half).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(c, 1, 7, 7, device="cuda", dtype=torch.half) * 0.1
+        bias, nw, nb = (torch.randn(c, device="cuda", dtype=torch.half) for _ in range(3))
+        taps = w[:, 0].permute(1, 2, 0).contiguous()
+        conv = {"stride": [1, 1], "padding": [3, 3], "dilation": [1, 1], "groups": c, "transposed": False, "activation": None}
+        norm = {"type": "layer", "shape": [c], "eps": 1e-6}
+        ref = F.layer_norm(F.conv2d(x.float(), w.float(), bias.float(), 1, 3, 1, c).permute(0, 2, 3, 1), [c], nw.float(), nb.float(), 1e-6)
+        out = torch.empty(batch, hw, hw, c, device="cuda", dtype=torch.half)
+        w_nhwc = w.contiguous(memory_format=torch.channels_last)
+        row = {"shape": name, "c": c}
+        cudnn = lambda: row_norm(F.conv2d(x, w_nhwc, bias, 1, 3, 1, c).permute(0, 2, 3, 1), nw, nb, [c], 1e-6, False, out)  # noqa: E731
+        row["cudnn+norm"] = checked(cudnn, out, ref, 2e-2)
+        for label, tile in triton_depthwise.CONFIGS.items():
+            pair = lambda t=tile: row_norm(  # noqa: E731
+                triton_depthwise.depthwise(x, taps, bias, None, conv, config=t).permute(0, 2, 3, 1), nw, nb, [c], 1e-6, False, out
+            )
+            row[f"{label}+norm"] = checked(pair, out, ref, 2e-2)
+        fused = [*triton_depthwise_norm.CONFIGS.items(), *((f"tile{t}_w{wp}", (t, wp)) for t, wp in DEPTHWISE_NORM_TILES)]
+        for label, config in fused:
+            run = lambda cf=config: triton_depthwise_norm.depthwise_norm(x, taps, bias, nw, nb, conv, norm, out, cf)  # noqa: E731
+            row[label] = checked(run, out, ref, 2e-2)
+        print(json.dumps(row), flush=True)
+
+
 def sweep_qgemm() -> None:
     """Kiln's 8-bit GEMM per tile config (INT8 and FP8, FP16 out, per-channel dequantize + bias) against
     cuBLAS FP16, torch._int_mm (cuBLAS INT8, INT32 out) and torch._scaled_mm (cuBLASLt FP8, FP16 out)."""
@@ -156,8 +194,10 @@ def main(argv=None) -> None:
         sweep_depthwise()
     elif part == "qgemm":
         sweep_qgemm()
+    elif part == "dwln":
+        sweep_depthwise_norm()
     else:
-        raise SystemExit(f"unknown part {part!r}: choose gemm, small, dw or qgemm")
+        raise SystemExit(f"unknown part {part!r}: choose gemm, small, dw, qgemm or dwln")
 
 
 if __name__ == "__main__":
