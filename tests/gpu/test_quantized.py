@@ -208,3 +208,26 @@ def test_per_channel_weight_on_gpu_matches_cpu():
     q_cpu, s_cpu = per_channel_weight(w, 0, "int8")
     q_gpu, s_gpu = per_channel_weight(w.to(CUDA), 0, "int8")
     assert torch.equal(q_cpu, q_gpu.cpu()) and s_cpu == s_gpu
+
+
+@pytest.mark.parametrize("precision", [torch.int8, pytest.param(torch.float8_e4m3fn, marks=pytest.mark.skipif(not FP8_OK, reason="FP8"))])
+def test_bert_encoder_layer_norms_write_8_bit_inputs(precision):
+    """The benchmark's BERT encoder (small) in 8 bits: every LayerNorm feeding an 8-bit linear writes that linear's
+    input itself (kernels/quantized.quantize_text in the norm's epilogue), so the only quantize layers left are the
+    attention outputs' (one per encoder layer), and the answer stays close to eager FP16."""
+    from benchmarks.models import Encoder, EncoderConfig
+
+    cfg = EncoderConfig(vocab=1000, hidden=256, layers=2, heads=4, ffn=1024, max_positions=128)
+    torch.manual_seed(0)
+    model = Encoder(cfg).to(CUDA).eval().half()
+    g = torch.Generator(device=CUDA).manual_seed(1)
+    make = lambda: (torch.randint(0, cfg.vocab, (8, 128), device=CUDA, generator=g), torch.ones(8, 128, dtype=torch.long, device=CUDA))
+    calibrator = kiln.ptq.DataLoaderCalibrator([make() for _ in range(4)], algo="entropy", progress=False)
+    compiled = kiln.compile(model, list(make()), enabled_precisions={precision, torch.half}, calibrator=calibrator, min_block_size=1)
+    kinds = [row[1] for rows in compiled.report.layers.values() for row in rows]
+    assert kinds.count("qlinear") == 4 * cfg.layers and kinds.count("quantize") == cfg.layers, kinds
+    for _ in range(3):
+        ids, mask = make()
+        with torch.no_grad():
+            out, ref = compiled(ids, mask).float(), model(ids, mask).float()
+        assert ((out - ref).norm() / ref.norm()).item() < 0.1

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import kiln
+from kiln.engine.builder.build import build_plan
 from kiln.engine.ir.network import Network
 from kiln.engine.kernels import triton_group_norm, triton_norm, triton_reduce, triton_softmax
 from kiln.engine.kernels.codegen.program import Program, evaluate
@@ -14,6 +15,7 @@ from kiln.engine.kernels.fused_reduction import fused_reduction_reference, fused
 from kiln.engine.kernels.registry import RunContext, get_tactic
 from kiln.engine.optimize.fuse_pointwise import fuse_pointwise_groups
 from kiln.engine.optimize.fuse_reductions import fuse_reduction_layers
+from kiln.engine.runtime.executor import PlanExecutor
 from tests.engine.optimize.test_fuse_pointwise import run
 from tests.helpers import network_as_cuda_build, relative_error
 
@@ -169,7 +171,7 @@ def test_bert_layer_norms_write_the_8_bit_input_of_the_next_linear():
     model, batches, calibrator = small_bert()
     before_fusion = ("bind_symbols", "place_quantization", "assign_precision")
     unfused, _ = network_as_cuda_build(model, list(batches[0]), precisions={qdtype, torch.half}, calibrator=calibrator, only=before_fusion)
-    network, _ = network_as_cuda_build(model, list(batches[0]), precisions={qdtype, torch.half}, calibrator=calibrator)
+    network, settings = network_as_cuda_build(model, list(batches[0]), precisions={qdtype, torch.half}, calibrator=calibrator)
     before = [m.kind for m in unfused.layers].count("quantize")
     after = [m.kind for m in network.layers].count("quantize")
     assert (before, after) == (6, 2)
@@ -177,3 +179,10 @@ def test_bert_layer_norms_write_the_8_bit_input_of_the_next_linear():
     assert len(norms) == 4 and all(network.tensors[m.outputs[0]].dtype == torch.int8 for m in norms)
     for m in norms:  # each feeds an 8-bit linear directly
         assert any(r.kind == "qlinear" and r.inputs[0] == m.outputs[0] for r in network.layers)
+    # Planned and run (reference tactics on the CPU), the fused network answers exactly as the unfused one.
+    outs = []
+    for net in (unfused, network):
+        plan = build_plan(net, settings)
+        by_name = dict(zip(("input_ids", "attention_mask"), batches[1]))
+        outs.append(PlanExecutor(plan).run([by_name[n] for n in plan.inputs], torch.zeros(plan.arena.size, dtype=torch.uint8)))
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
