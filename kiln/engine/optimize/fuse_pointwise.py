@@ -1,8 +1,9 @@
 """Pointwise fusion: connected groups of element-wise layers become one `fused_pointwise` layer.
 
 Any layer whose arithmetic has a Triton form (codegen.is_generatable: every unary and binary
-op of the vocabulary, where, casts between floats and booleans, copies) and whose tensors are
-floats or booleans may join a group. Groups grow in layer order: a layer joins the groups of
+op of the vocabulary, where, casts between floats and booleans, copies, and the `quantize` of
+an 8-bit layer's input) and whose tensors are floats or booleans (a quantize's output: int8 or
+e4m3, which nothing in a group reads back) may join a group. Groups grow in layer order: a layer joins the groups of
 the layers that make its inputs, when the merged group stays valid:
 - every value the group hands out (read by a layer outside it, or a network output) has the
   group's full shape, and every value inside broadcasts to it: a smaller intermediate (the

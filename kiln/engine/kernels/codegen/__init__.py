@@ -9,7 +9,9 @@ its `op` attribute exactly as the engine IR does, so:
   construction what the unfused layers computed;
 - the Triton text (`emit`) comes from the op vocabulary: UNARY_TRITON beside UNARY_OPS in
   kernels/pointwise.py, BINARY_TRITON beside BINARY_OPS in kernels/elementwise.py, and
-  `where`/`cast` here. Adding an op to what every generated kernel can fuse is one entry there.
+  `where`/`cast` here, `quantize` beside its reference in kernels/quantized.py (quantize_text, the
+  one spelling of the 8-bit rounding that the 8-bit templates' requantize tail uses too). Adding an
+  op to what every generated kernel can fuse is one entry there.
 
 Where it is used:
 - kernels/fused_pointwise.py: a whole kernel generated for a `fused_pointwise` layer (any
