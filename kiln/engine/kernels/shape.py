@@ -42,4 +42,6 @@ def concat_reference(layer, inputs, run):
 @reference("split")
 def split_reference(layer, inputs, run):
     parts = torch.split(inputs[0], run.shape(layer.attrs["sizes"]), layer.attrs["dim"])
-    return tuple(p.contiguous() for p in parts)
+    # Each part keeps its input's memory format: a channel split of an NHWC tensor copied to NCHW cost the H100
+    # 0.8 ms per split in cspresnet50 at batch 128 (a transposing copy, and another back in the next conv).
+    return tuple(p.clone(memory_format=torch.preserve_format) for p in parts)

@@ -21,7 +21,8 @@ from kiln.engine.optimize.precision import FLOATS
 # Kinds whose PyTorch kernels keep an NHWC input NHWC (same-shape pointwise, pooling, norms over channels).
 CONVS = frozenset({"conv", "conv_epilogue"})
 POINTWISE = frozenset({"unary", "binary", "cast", "copy", "where", "fused_pointwise"})
-KEEPS_LAYOUT = POINTWISE | {"pool", "max_pool", "avg_pool", "adaptive_avg_pool", "pad", "fused_reduction"}
+# A channel split or concat of NHWC tensors keeps NHWC (CSP and dense blocks split and join between convs).
+KEEPS_LAYOUT = POINTWISE | {"pool", "max_pool", "avg_pool", "adaptive_avg_pool", "pad", "fused_reduction", "split", "concat"}
 
 
 @optimize_pass
