@@ -36,18 +36,24 @@ def fold_batch_norm(gm: GraphModule) -> GraphModule:
         gamma, beta, mean, var = (constant_of(gm, a) if a is not None else None for a in bn.args[1:5])
         if not has_frozen_weights(gm, layer) or mean is None or var is None:
             continue
-        scale = torch.rsqrt(var.double() + bn.args[6])
-        if gamma is not None:
-            scale = scale * gamma.double()
-        shift = -mean.double() * scale
-        if beta is not None:
-            shift = shift + beta.double()
+        scale, shift = batch_norm_scale_shift(gamma, beta, mean, var, bn.args[6])
         rescale_output_channels(gm, layer, scale, shift)
         for u in users:
             u.replace_all_uses_with(bn.args[0])
             graph.erase_node(u)
         graph.erase_node(bn)
     return gm
+
+
+def batch_norm_scale_shift(gamma, beta, mean: torch.Tensor, var: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift), in float64, with inference BatchNorm(x) = scale * x + shift (gamma, beta may be None)."""
+    scale = torch.rsqrt(var.double() + eps)
+    if gamma is not None:
+        scale = scale * gamma.double()
+    shift = -mean.double() * scale
+    if beta is not None:
+        shift = shift + beta.double()
+    return scale, shift
 
 
 def _foldable_producer(bn: Node) -> Node | None:

@@ -58,6 +58,7 @@ def optimize_network(network: Network, block, captured, settings: CompileSetting
 # - the unfused kernel count right after precision (its casts launch work too), the final count last of all;
 # - hand-written attention first of the fusions, while its adds and softmax are still layers of their own;
 # - conv epilogues, then input scales (before pointwise fusion, which would take the multiply),
+#   then frozen BatchNorms as per-channel mul + add (so the pointwise groups take them),
 #   then pointwise groups, then row moves composed into gathers, then views sunk below them (so a GEMM meets its element-wise reader), then
 #   GEMM epilogues (which absorb those groups), then reductions (which
 #   take the groups left next to a norm, softmax or mean as their prologue and epilogue); squeeze-excite
@@ -75,6 +76,7 @@ PASS_ORDER = [
     "fuse_attention",
     "fuse_conv_epilogues",
     "fuse_input_scale",
+    "batch_norm_as_affine",
     "fuse_pointwise",
     "compose_gathers",
     "sink_views",
@@ -97,6 +99,7 @@ from kiln.engine.optimize import fuse_attention  # noqa: E402, F401, I001
 from kiln.engine.optimize import fuse_depthwise_norm  # noqa: E402, F401, I001
 from kiln.engine.optimize import kernel_count  # noqa: E402, F401, I001
 from kiln.engine.optimize import fuse_sparse_mlp  # noqa: E402, F401, I001
+from kiln.engine.optimize import batch_norm_affine  # noqa: E402, F401, I001
 
 OPTIMIZE_PASSES: list = [_REGISTERED[name] for name in PASS_ORDER]
 if set(_REGISTERED) != set(PASS_ORDER):
