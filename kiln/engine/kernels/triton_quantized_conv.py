@@ -1,11 +1,9 @@
 """INT8 and FP8 convolution in Triton: implicit GEMM over NHWC, for qconv with groups=1 (any kernel size,
 stride, padding, dilation).
 
-Row m of the implicit A matrix is one output pixel (n, oh, ow), column k one filter tap
-(r, s, c) with c fastest, so each load reads channels that lie together in NHWC memory. Wide
-inputs take one flat loop over (tap, channel block) steps (index arithmetic per step, not per
-element, and one loop for Triton to pipeline); narrow ones
-(a 3-channel stem) over one flat K, so a tile is not mostly padding. Taps
+The implicit-GEMM indexing (rows are output pixels, columns filter taps with channels fastest, a flat
+loop over (tap, channel block) steps for wide inputs and over one flat K for narrow ones) is rendered
+from codegen/implicit_gemm.py, the text the FP16/BF16 template (triton_conv.py) renders from too. Taps
 that fall in the padding read the activation zero point (the quantized value of 0.0), so the
 zero-point compensation of the integer accumulator stays exact at the borders. Then the shared
 8-bit tail (triton_quantized_common) before the single write of the NHWC output.
@@ -16,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from kiln.engine.kernels.codegen.implicit_gemm import main_loop, pixel_rows, weight_n_by_taps
 from kiln.engine.kernels.codegen.tiles import grouped_tile, index_range, tile_count, wide_index
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows
@@ -45,54 +44,10 @@ def qconv_kernel(
 GROUPED_TILE
 ROW_RANGE
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    n_idx = rm // (OH * OW)
-    pix = rm % (OH * OW)
-    oh = pix // OW
-    ow = pix % OW
+PIXEL_ROWS
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
     colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
-    if TAP_LOOP:
-        # Wide inputs: one flat loop over (tap, channel block) steps, so Triton software-pipelines it
-        # (nested tap / channel loops left a 64-channel layer one inner step, never pipelined: 2x slower).
-        CB = tl.cdiv(C, BLOCK_K)
-        for step in range(0, KH * KW * CB):
-            tap = step // CB
-            c0 = (step % CB) * BLOCK_K
-            r = tap // KW
-            s = tap % KW
-            ih = oh * SH - PH + r * DH
-            iw = ow * SW - PW + s * DW
-            pix_ok = (rm < M) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_row = ((n_idx * H + ih) * W + iw) * C
-            cc = c0 + rk
-            a = tl.load(x_ptr + x_row[:, None] + cc[None, :], mask=pix_ok[:, None] & (cc[None, :] < C), other=0.0)
-            if HAS_ZP:
-                a = tl.where(pix_ok[:, None], a, x_zp.to(tl.int8))
-            w_cols = tap * C + cc
-            b = tl.load(w_ptr + rn[None, :] * K + w_cols[:, None], mask=(cc[:, None] < C) & (rn[None, :] < N), other=0.0)
-            acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
-            if HAS_ZP:
-                colsum += tl.sum(b.to(tl.int32), axis=0)
-    else:
-        # Narrow inputs (a 3-channel stem): one flat K = KH * KW * C, each column decoded to its tap.
-        for k0 in range(0, K, BLOCK_K):
-            kk = k0 + rk
-            c = kk % C
-            tap = kk // C
-            r = tap // KW
-            s = tap % KW
-            ih = oh[:, None] * SH - PH + r[None, :] * DH
-            iw = ow[:, None] * SW - PW + s[None, :] * DW
-            inside = (rm[:, None] < M) & (kk[None, :] < K) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a_offsets = ((n_idx[:, None] * H + ih) * W + iw) * C + c[None, :]
-            a = tl.load(x_ptr + a_offsets, mask=inside, other=0.0)
-            if HAS_ZP:
-                a = tl.where(inside, a, x_zp.to(tl.int8))
-            b = tl.load(w_ptr + rn[None, :] * K + kk[:, None], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
-            acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
-            if HAS_ZP:
-                colsum += tl.sum(b.to(tl.int32), axis=0)
+MAIN_LOOP
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     offsets = rm[:, None] * N + rn[None, :]
 """
@@ -100,15 +55,19 @@ ROW_RANGE
     )
     .replace("GROUPED_TILE", grouped_tile("    "))
     .replace("ROW_RANGE", index_range("rm", "pid_m", "BLOCK_M", "    "))
+    .replace("PIXEL_ROWS", pixel_rows("    "))
+    .replace(
+        "MAIN_LOOP",
+        main_loop(
+            "    ",
+            "acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)",
+            # Taps in the padding read the activation zero point (the quantized 0.0), so the
+            # zero-point compensation below stays exact at the borders.
+            after_a=lambda inside: ["if HAS_ZP:", f"    a = tl.where({inside}, a, x_zp.to(tl.int8))"],
+            after_dot=["if HAS_ZP:", "    colsum += tl.sum(b.to(tl.int32), axis=0)"],
+        ),
+    )
 )
-
-
-def weight_n_by_taps(layer, weights: dict) -> dict:
-    """[Cout, Cin, KH, KW] → [Cout, KH * KW * Cin]: the implicit GEMM's B stored K-major (channels fastest within a
-    tap), the layout 8-bit tensor-core MMAs want (triton_quantized_gemm.weight_n_by_k says why)."""
-    name = layer.inputs[1]
-    w = weights[name]
-    return {name: w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()}
 
 
 def qconv_nhwc(layer, x: torch.Tensor, w_taps: torch.Tensor, bias, residual, w_scale, config) -> torch.Tensor:
