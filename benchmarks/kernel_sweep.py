@@ -5,6 +5,7 @@
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py dw      # depthwise convs (ConvNeXt 7x7, EfficientNet 3x3 / 5x5)
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py qgemm   # INT8 / FP8 GEMMs (BERT-base, resnet50 1x1) against cuBLAS
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py dwln    # ConvNeXt-T's 7x7 depthwise + LayerNorm: fused vs the pair
+    PYTHONPATH=. python3 benchmarks/kernel_sweep.py conv    # cspresnet50/resnet50 3x3 and stem convs + leaky_relu: implicit GEMM vs cuDNN
 
 Each printed line is one shape as JSON: the library's time, then each config's, in microseconds of GPU
 time per call replayed from a CUDA graph (builder/timing.time_in_graph), or the error it hit. This is how
@@ -27,8 +28,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from kiln.engine.builder.timing import time_in_graph  # noqa: E402
-from kiln.engine.kernels import triton_depthwise, triton_depthwise_norm, triton_gemm, triton_quantized_gemm  # noqa: E402
+from kiln.engine.kernels import triton_conv, triton_depthwise, triton_depthwise_norm, triton_gemm, triton_quantized_gemm  # noqa: E402
 from kiln.engine.kernels.codegen.program import Program  # noqa: E402
+from kiln.engine.kernels.triton_epilogue import finish_in_place  # noqa: E402
 from kiln.engine.kernels.triton_norm import row_norm  # noqa: E402
 
 GELU = Program(1, ({"kind": "unary", "op": "gelu", "args": [0], "attrs": {"op": "gelu", "approximate": "none"}},), (1,))
@@ -70,6 +72,23 @@ DEPTHWISE_NORM = [
 ]  # fmt: skip
 # (tile elements, warps) of the fused kernel beyond its CONFIGS, to see whether another one should join them.
 DEPTHWISE_NORM_TILES = [(256, 1), (1024, 1), (1024, 4), (2048, 2), (2048, 8), (4096, 4), (8192, 8), (8192, 16)]
+# name, N, Cin, Cout, H = W, kernel, stride: cspresnet50 / resnet50's 3x3 convs per stage and their stride-2 ones at
+# batch 128 (and two at batch 1), and the 7x7/2 stem over 3 channels at 224.
+CONV = [
+    ("b128_56_c64", 128, 64, 64, 56, 3, 1), ("b128_28_c128", 128, 128, 128, 28, 3, 1),
+    ("b128_14_c256", 128, 256, 256, 14, 3, 1), ("b128_7_c512", 128, 512, 512, 7, 3, 1),
+    ("b128_56_c128_s2", 128, 128, 128, 56, 3, 2), ("b128_28_c256_s2", 128, 256, 256, 28, 3, 2),
+    ("b128_stem_7x7_s2", 128, 3, 64, 224, 7, 2), ("b1_56_c64", 1, 64, 64, 56, 3, 1), ("b1_14_c256", 1, 256, 256, 14, 3, 1),
+]  # fmt: skip
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) beyond triton_conv.CONFIGS, to see whether another one should join them.
+CONV_TILES = [
+    (128, 256, 64, 8, 3),
+    (256, 128, 64, 8, 3),
+    (128, 128, 64, 4, 4),
+    (128, 128, 32, 4, 4),
+    (64, 64, 32, 2, 4),
+    (128, 64, 32, 4, 3),
+]
 DEPTHWISE_TILES = [(64, 64, 4), (32, 64, 4), (16, 128, 4), (64, 32, 4), (128, 32, 4), (32, 32, 2), (8, 128, 2), (64, 64, 8)]
 
 
@@ -183,6 +202,33 @@ def sweep_qgemm() -> None:
         print(json.dumps(row), flush=True)
 
 
+def sweep_conv() -> None:
+    """conv + bias + leaky_relu: cuDNN (NHWC) then the generated in-place epilogue pass (the aten_nhwc tactic), and
+    cuDNN alone for the floor, against each implicit-GEMM config with the activation fused."""
+    for name, batch, cin, cout, hw, k, stride in CONV:
+        x = torch.randn(batch, cin, hw, hw, device="cuda", dtype=torch.half).contiguous(memory_format=torch.channels_last)
+        w = (torch.randn(cout, cin, k, k, device="cuda") / (cin * k * k) ** 0.5).half()
+        bias = torch.randn(cout, device="cuda", dtype=torch.half)
+        pad = k // 2
+        attrs = {
+            "stride": [stride] * 2, "padding": [pad] * 2, "dilation": [1, 1], "groups": 1, "transposed": False,
+            "output_padding": [0, 0], "activation": "leaky_relu", "activation_attrs": {"alpha": 0.01}, "residual": False,
+        }  # fmt: skip
+        ref = F.leaky_relu(F.conv2d(x.float(), w.float(), bias.float(), stride, pad), 0.01)
+        w_nhwc = w.contiguous(memory_format=torch.channels_last)
+        taps = w.permute(0, 2, 3, 1).contiguous()
+        out = torch.empty_like(ref, dtype=torch.half).contiguous(memory_format=torch.channels_last)
+        row = {"shape": name, "cudnn_nhwc": us(lambda: F.conv2d(x, w_nhwc, bias, stride, pad))}
+        unfused = lambda: finish_in_place(F.conv2d(x, w_nhwc, bias, stride, pad), None, attrs)  # noqa: E731
+        out.copy_(unfused())  # checked once, timed without the copy
+        row["cudnn+leaky_relu"] = checked(unfused, out, ref, 1e-2)
+        tiles = [*triton_conv.CONFIGS.items(), *(("x".join(map(str, t)), t) for t in CONV_TILES)]
+        for label, config in tiles:
+            run = lambda c=config: triton_conv.conv_nhwc(x, taps, bias, None, attrs, c, out)  # noqa: E731
+            row[label] = checked(run, out, ref, 1e-2)
+        print(json.dumps(row), flush=True)
+
+
 def main(argv=None) -> None:
     part = (argv or sys.argv[1:] or ["gemm"])[0]
     if part == "gemm":
@@ -196,8 +242,10 @@ def main(argv=None) -> None:
         sweep_qgemm()
     elif part == "dwln":
         sweep_depthwise_norm()
+    elif part == "conv":
+        sweep_conv()
     else:
-        raise SystemExit(f"unknown part {part!r}: choose gemm, small, dw, qgemm or dwln")
+        raise SystemExit(f"unknown part {part!r}: choose gemm, small, dw, qgemm, dwln or conv")
 
 
 if __name__ == "__main__":
