@@ -124,3 +124,12 @@ def test_in_64_bit_offsets(monkeypatch):
     assert relative_error(out.float(), ref) < 2e-3
     out, ref = run_both(cin=3, cout=16, k=(7, 7), stride=(2, 2), padding=(3, 3), hw=(8, 8), n=1)
     assert relative_error(out.float(), ref) < 2e-3
+
+
+def test_prepare_only_rearranges_so_a_plan_built_on_a_gpu_loads_elsewhere():
+    # builder/retarget undoes a prepare by replaying it on index tensors: it must move values, never change them.
+    layer = Layer("conv_epilogue", "c", ["x", "w", "b", None], ["y"], attrs_of((1, 1), (1, 1), (1, 1), "silu", False))
+    w = torch.arange(8 * 4 * 3 * 5).reshape(8, 4, 3, 5)
+    (moved,) = triton_conv.weight_taps(layer, {"w": w}).values()
+    assert moved.shape == (8, 3, 5, 4) and moved.is_contiguous()
+    assert torch.equal(moved.permute(0, 3, 1, 2), w)
