@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from kiln.engine.ir.dtypes import dtype_from_name
-from kiln.engine.kernels.codegen.program import FLOAT_DTYPES, Program, emit, evaluate
+from kiln.engine.kernels.codegen.program import FLOAT_DTYPES, INDEXED_KINDS, Program, concat_pieces, emit, evaluate
 from kiln.engine.kernels.codegen.triton_source import load_kernel
 from kiln.engine.kernels.registry import reference, tactic
 from kiln.engine.runtime.executor import arena_output
@@ -66,13 +66,21 @@ def write_over(program: Program, y: torch.Tensor, extras: list, run) -> torch.Te
 
 def run_generated(program: Program, inputs: list[torch.Tensor], out_dtypes: list[torch.dtype], planned: list) -> list[torch.Tensor]:
     """Launch the program's generated kernel; outputs go to `planned` buffers where they fit, else fresh ones."""
-    shape = torch.broadcast_shapes(*(x.shape for x in inputs))
-    template = max(inputs, key=lambda x: (tuple(x.shape) == tuple(shape), x.numel()))
-    fmt = _memory_format(template, shape)
+    pieces = concat_pieces(program)
+    joined = _joined_shapes(program, inputs)
+    whole = [x for i, x in enumerate(inputs) if i not in pieces]
+    shape = torch.broadcast_shapes(*(x.shape for x in whole), *joined.values())
+    if any(list(s) != list(shape) for s in joined.values()):
+        raise ValueError(f"fused_pointwise joins pieces into {[list(s) for s in joined.values()]}, not its whole shape {list(shape)}")
+    # The output takes the memory order of an input of its whole shape, else that of the pieces it joins.
+    if pieces and not any(tuple(x.shape) == tuple(shape) for x in whole):
+        fmt = _pieces_format([inputs[i] for i in pieces])
+    else:
+        fmt = _memory_format(max(whole, key=lambda x: (tuple(x.shape) == tuple(shape), x.numel())), shape)
     outs = []
     for dtype, buf in zip(out_dtypes, planned):
         if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype or not buf.is_contiguous(memory_format=fmt):
-            buf = torch.empty(shape, dtype=dtype, device=template.device, memory_format=fmt)
+            buf = torch.empty(shape, dtype=dtype, device=inputs[0].device, memory_format=fmt)
         outs.append(buf)
     numel = outs[0].numel()
     if numel == 0:
@@ -89,18 +97,47 @@ def run_generated(program: Program, inputs: list[torch.Tensor], out_dtypes: list
     if any(walked([o.stride(d) if d is not None else 1 for d in order]) != dense for o in outs):
         raise ValueError("fused_pointwise needs outputs dense in one memory order")
     in_strides, dense_flags = [], []
-    for x in inputs:
-        expanded = x.expand(shape).stride()
+    for i, x in enumerate(inputs):
+        # A piece is read through its own strides, at the joined index shifted to the piece's start.
+        expanded = x.stride() if i in pieces else x.expand(shape).stride()
         strides = [expanded[d] if d is not None else 0 for d in order]
         in_strides.append(strides)
-        dense_flags.append(walked(strides) == dense)
-    kernel = _kernel(program, [x.dtype for x in inputs], out_dtypes, len(sizes))
+        dense_flags.append(i not in pieces and walked(strides) == dense)
+    axes = tuple(order.index(program.ops[k]["attrs"]["dim"]) for k in joined)
+    ends = [end for k in joined for end in _piece_ends(program.ops[k], inputs)]
+    kernel = _kernel(program, [x.dtype for x in inputs], out_dtypes, len(sizes), axes)
     block = 1024 if numel >= 1 << 16 else max(128, triton.next_power_of_2(min(numel, 1024)))
-    args = [*inputs, *outs, numel, *sizes, *(s for st in in_strides for s in st)]
+    args = [*inputs, *outs, numel, *sizes, *(s for st in in_strides for s in st), *ends]
     flags = {f"DENSE{i}": f for i, f in enumerate(dense_flags)}
     grid = (triton.cdiv(numel, block),)
     kernel[grid](*args, BLOCK=block, INDEX64=numel >= 2**31 - block, **flags, num_warps=4 if block >= 512 else 2)
     return outs
+
+
+def _joined_shapes(program: Program, inputs: list[torch.Tensor]) -> dict[int, list[int]]:
+    """Op number -> the shape each concat of the program makes from its pieces."""
+    joined = {}
+    for k, op in enumerate(program.ops):
+        if op["kind"] in INDEXED_KINDS:
+            first = list(inputs[op["args"][0]].shape)
+            dim = op["attrs"]["dim"]
+            joined[k] = [*first[:dim], sum(inputs[i].shape[dim] for i in op["args"]), *first[dim + 1 :]]
+    return joined
+
+
+def _piece_ends(op: dict, inputs: list[torch.Tensor]) -> list[int]:
+    """Where each piece but the last ends along the joined dim (the last runs to the end)."""
+    ends, end = [], 0
+    for i in op["args"][:-1]:
+        end += inputs[i].shape[op["attrs"]["dim"]]
+        ends.append(end)
+    return ends
+
+
+def _pieces_format(pieces: list[torch.Tensor]) -> torch.memory_format:
+    """A join of NHWC pieces is written NHWC (the layout pass marks it so, as it marks a concat of them)."""
+    nhwc = all(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) for p in pieces)
+    return torch.channels_last if nhwc and not all(p.is_contiguous() for p in pieces) else torch.contiguous_format
 
 
 def _memory_format(template: torch.Tensor, shape) -> torch.memory_format:
@@ -121,23 +158,28 @@ def _dense_strides(sizes: list[int]) -> list[int]:
 _KERNELS: dict[tuple, object] = {}
 
 
-def _kernel(program: Program, in_dtypes, out_dtypes, rank: int):
-    key = (repr(program.to_json()), tuple(in_dtypes), tuple(out_dtypes), rank)
+def _kernel(program: Program, in_dtypes, out_dtypes, rank: int, axes: tuple[int, ...] = ()):
+    key = (repr(program.to_json()), tuple(in_dtypes), tuple(out_dtypes), rank, axes)
     kernel = _KERNELS.get(key)
     if kernel is None:
-        kernel = _KERNELS[key] = load_kernel(kernel_source(program, in_dtypes, out_dtypes, rank), "fused_pointwise_kernel")
+        kernel = _KERNELS[key] = load_kernel(kernel_source(program, in_dtypes, out_dtypes, rank, axes), "fused_pointwise_kernel")
     return kernel
 
 
-def kernel_source(program: Program, in_dtypes, out_dtypes, rank: int) -> str:
-    """The Triton module text for one program at given input/output dtypes and rank."""
+def kernel_source(program: Program, in_dtypes, out_dtypes, rank: int, axes: tuple[int, ...] = ()) -> str:
+    """The Triton module text for one program at given input/output dtypes and rank.
+
+    `axes` are, for each concat of the program in op order, the position of its dim in the walk order."""
     n_in, n_out = len(in_dtypes), len(out_dtypes)
+    pieces = concat_pieces(program)
+    joins = [k for k, op in enumerate(program.ops) if op["kind"] in INDEXED_KINDS]
     ins = [f"in{i}" for i in range(n_in)]
     outs = [f"out{i}" for i in range(n_out)]
     sizes = [f"size{d}" for d in range(rank)]
     strides = [f"in{i}_stride{d}" for i in range(n_in) for d in range(rank)]
+    ends = [f"join{k}_end{j}" for k in joins for j in range(len(program.ops[k]["args"]) - 1)]
     flags = [f"DENSE{i}: tl.constexpr" for i in range(n_in)]
-    signature = ", ".join([*ins, *outs, "numel", *sizes, *strides, "BLOCK: tl.constexpr", "INDEX64: tl.constexpr", *flags])
+    signature = ", ".join([*ins, *outs, "numel", *sizes, *strides, *ends, "BLOCK: tl.constexpr", "INDEX64: tl.constexpr", *flags])
     body = [
         "pid = tl.program_id(0)",
         "if INDEX64:",
@@ -155,11 +197,17 @@ def kernel_source(program: Program, in_dtypes, out_dtypes, rank: int) -> str:
             body += [f"idx{d} = rest % size{d}", f"rest = rest // size{d}"]
     loads = []
     for i, dtype in enumerate(in_dtypes):
+        if i in pieces:
+            loads.append(None)
+            continue
         strided = " + ".join(f"idx{d} * in{i}_stride{d}" for d in range(rank))
         body += [f"if DENSE{i}:", f"    off{i} = flat", "else:", f"    off{i} = {strided}"]
-        load = f"tl.load(in{i} + off{i}, mask=mask, other=0)"
-        loads.append(f"{load}.to(tl.float32)" if dtype in FLOAT_DTYPES else f"{load} != 0")
-    lines, results = emit(program, loads, [d == torch.bool for d in in_dtypes])
+        loads.append(_loaded(f"in{i} + off{i}", dtype))
+    indexed = {}
+    for k, axis in zip(joins, axes):
+        body += _join_lines(k, program.ops[k]["args"], in_dtypes, rank, axis)
+        indexed[k] = (_loaded(f"join{k}_ptr", in_dtypes[program.ops[k]["args"][0]]), in_dtypes[program.ops[k]["args"][0]] == torch.bool)
+    lines, results = emit(program, loads, [d == torch.bool for d in in_dtypes], indexed=indexed)
     body += lines
     for k, (name, dtype) in enumerate(zip(results, out_dtypes)):
         value = f"{name}.to(tl.int1)" if dtype == torch.bool else name
@@ -171,3 +219,27 @@ def kernel_source(program: Program, in_dtypes, out_dtypes, rank: int) -> str:
         "import triton\nimport triton.language as tl\nfrom triton.language.extra import libdevice\n\n\n"
         f"@triton.jit\ndef fused_pointwise_kernel({signature}):\n{text}\n"
     )
+
+
+def _loaded(pointer: str, dtype: torch.dtype) -> str:
+    load = f"tl.load({pointer}, mask=mask, other=0)"
+    return f"{load}.to(tl.float32)" if dtype in FLOAT_DTYPES else f"{load} != 0"
+
+
+def _join_lines(k: int, args: list[int], in_dtypes, rank: int, axis: int) -> list[str]:
+    """`join{k}_ptr`: for each element, the address in the piece that holds its index along the joined axis.
+
+    Pieces are chosen by comparing the index with the pieces' ends: one pointer select per piece and
+    a single load, so the joined tensor is read once, where its pieces lie, and never written."""
+    if len({in_dtypes[i] for i in args}) != 1:
+        raise ValueError(f"a generated concat reads pieces of one dtype, not {[str(in_dtypes[i]) for i in args]}")
+
+    def address(j: int, i: int) -> str:
+        along = f"idx{axis}" if j == 0 else f"(idx{axis} - join{k}_end{j - 1})"
+        terms = [f"{along if d == axis else f'idx{d}'} * in{i}_stride{d}" for d in range(rank)]
+        return f"in{i} + " + " + ".join(terms)
+
+    lines = [f"join{k}_ptr = {address(len(args) - 1, args[-1])}"]
+    for j in reversed(range(len(args) - 1)):
+        lines.append(f"join{k}_ptr = tl.where(idx{axis} < join{k}_end{j}, {address(j, args[j])}, join{k}_ptr)")
+    return lines

@@ -18,7 +18,7 @@ from __future__ import annotations
 from kiln.engine.ir.network import Layer, Network
 from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.optimize import cuda_pass
-from kiln.engine.optimize.fuse_pointwise import _fusable, group_program
+from kiln.engine.optimize.fuse_pointwise import _fusable, group_program, joins_pieces
 from kiln.engine.optimize.precision import with_fp32_members
 
 GEMM_KINDS = frozenset({"linear"})
@@ -53,6 +53,8 @@ def _absorb(network: Network, gemm: Layer, reader: Layer) -> Layer | None:
     result = network.tensors[reader.outputs[0]]
     if list(result.shape) != list(network.tensors[out].shape) or result.dtype != network.tensors[out].dtype:
         return None
+    if joins_pieces(reader):
+        return None  # its kernel reads a concat's pieces in place: no GEMM epilogue renders that
     if reader.kind == "fused_pointwise":
         inputs, program = _with_first(Program.from_json(reader.attrs["program"]), reader.inputs, out)
     elif _fusable(reader, network):

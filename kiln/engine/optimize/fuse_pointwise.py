@@ -27,12 +27,15 @@ from itertools import count
 from kiln.engine.ir.dtypes import dtype_name
 from kiln.engine.ir.network import Layer, Network
 from kiln.engine.ir.symbolic import Dim
-from kiln.engine.kernels.codegen.program import OP_KINDS, Program, is_generatable, values_fit
+from kiln.engine.kernels.codegen.program import INDEXED_KINDS, OP_KINDS, Program, is_generatable, reads_pieces, values_fit
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.precision import with_fp32_members
 
 MAX_OPS = 32
 MAX_INPUTS = 8
+# Pieces of concats read in place, counted apart from MAX_INPUTS: a DenseNet-121 dense layer joins up to
+# 25 earlier feature maps, and each costs the kernel one pointer select per element, not a load.
+MAX_PIECES = 32
 
 
 @cuda_pass("fuse_pointwise")
@@ -48,6 +51,20 @@ def fuse_pointwise_groups(network: Network) -> Network:
         gone |= {layer.name for layer in group[:-1]}
     network.layers = [replaced.get(layer.name, layer) for layer in network.layers if layer.name not in gone]
     return network
+
+
+def _joinable(layer: Layer, network: Network) -> bool:
+    """A concat the group's kernel can read in place: pieces of one float (or boolean) dtype."""
+    if layer.kind not in INDEXED_KINDS or len(layer.outputs) != 1 or None in layer.inputs:
+        return False
+    ins = {network.tensors[n].dtype for n in layer.inputs}
+    return len(ins) == 1 and values_fit(layer, list(ins), [network.tensors[layer.outputs[0]].dtype])
+
+
+def joins_pieces(layer: Layer) -> bool:
+    """A fused_pointwise that reads a concat's pieces in place: only its own flat kernel renders it, so the
+    passes that take a fused_pointwise into a GEMM epilogue or a reduction prologue leave this one alone."""
+    return layer.kind == "fused_pointwise" and reads_pieces(Program.from_json(layer.attrs["program"]))
 
 
 def _fusable(layer: Layer, network: Network) -> bool:
@@ -66,7 +83,7 @@ def _find_groups(network: Network) -> list[list[Layer]]:
     members: dict[int, list[Layer]] = {}
     new_id = count()
     for layer in network.layers:
-        if not _fusable(layer, network):
+        if not _fusable(layer, network) and not _joinable(layer, network):
             continue
         feeding = []
         for n in layer.inputs:
@@ -93,8 +110,12 @@ def _valid(group: list[Layer], network: Network, readers, position, outputs) -> 
     names = {m.name for m in group}
     last = max(position[m.name] for m in group)
     made = {o for m in group for o in m.outputs}
-    external_inputs = {n for m in group for n in m.inputs if n is not None and n not in made}
-    if len(group) > MAX_OPS or len(external_inputs) > MAX_INPUTS:
+    joins = [m for m in group if m.kind in INDEXED_KINDS]
+    pieces = {n for m in joins for n in m.inputs}
+    external_inputs = {n for m in group for n in m.inputs if n is not None and n not in made and n not in pieces}
+    if len(group) > MAX_OPS or len(external_inputs) > MAX_INPUTS or len(pieces) > MAX_PIECES:
+        return False
+    if not all(_reads_in_place(m, group, made, readers, outputs) for m in joins):
         return False
     handed_out = []
     for value in made:
@@ -108,7 +129,21 @@ def _valid(group: list[Layer], network: Network, readers, position, outputs) -> 
     shape = list(network.tensors[handed_out[0]].shape)
     if any(list(network.tensors[v].shape) != shape for v in handed_out):
         return False
+    if any(list(network.tensors[m.outputs[0]].shape) != shape for m in joins):
+        return False
     return all(_broadcasts_to(network.tensors[n].shape, shape) for n in (*made, *external_inputs))
+
+
+def _reads_in_place(join: Layer, group: list[Layer], made: set[str], readers, outputs) -> bool:
+    """A concat in a group reads its pieces where they lie: each piece comes from outside the group and is read
+    by nothing else in it (the kernel reads it shifted, at the joined index), and the joined tensor is read by
+    the group alone (if it is needed elsewhere, it is written by the concat anyway: leave the concat alone)."""
+    if len(set(join.inputs)) != len(join.inputs) or any(n in made for n in join.inputs):
+        return False
+    if any(n in join.inputs for m in group if m is not join for n in m.inputs):
+        return False
+    out = join.outputs[0]
+    return out not in outputs and all(r in group for r in readers.get(out, []))
 
 
 def _broadcasts_to(small: list[Dim], full: list[Dim]) -> bool:

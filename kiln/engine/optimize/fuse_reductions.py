@@ -27,7 +27,7 @@ from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.kernels.fused_reduction import has_generated
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_gemm_epilogue import _with_first
-from kiln.engine.optimize.fuse_pointwise import _fusable, group_program, member_ops
+from kiln.engine.optimize.fuse_pointwise import _fusable, group_program, joins_pieces, member_ops
 from kiln.engine.optimize.precision import with_fp32_members
 from kiln.engine.optimize.reshaped_prologue import reshaped_prologue
 
@@ -117,7 +117,7 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
 
 
 def _pointwise(layer: Layer, network: Network) -> bool:
-    return layer.kind == "fused_pointwise" or _fusable(layer, network)
+    return (layer.kind == "fused_pointwise" and not joins_pieces(layer)) or _fusable(layer, network)
 
 
 def _prologue_layer(network, reduction, producer, readers, position, place) -> Layer | None:

@@ -32,7 +32,7 @@ from kiln.engine.kernels.triton_epilogue import fusable_activation
 from kiln.engine.kernels.triton_reduce import as_reduction
 from kiln.engine.kernels.triton_squeeze_excite import fits
 from kiln.engine.optimize import cuda_pass
-from kiln.engine.optimize.fuse_pointwise import _fusable, group_program, member_ops
+from kiln.engine.optimize.fuse_pointwise import _fusable, group_program, joins_pieces, member_ops
 from kiln.engine.optimize.precision import with_fp32_members
 
 MEAN_KINDS = frozenset({"reduce", "pool"})
@@ -137,6 +137,8 @@ def _after_program(network: Network, layer: Layer, value: str) -> Program | None
     out = network.tensors[layer.outputs[0]]
     if list(out.shape) != list(network.tensors[value].shape) or out.dtype not in FLOAT_DTYPES:
         return None
+    if joins_pieces(layer):
+        return None  # its kernel reads a concat's pieces in place: the squeeze-excite kernel does not
     if layer.kind == "fused_pointwise":
         program = Program.from_json(layer.attrs["program"])
         return program if layer.inputs == [value] and len(program.outputs) == 1 else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 from kiln.engine.ir.network import Network
 from kiln.engine.ir.tensor import Layout
 from kiln.engine.optimize import OptimizeContext, optimize_pass
+from kiln.engine.optimize.fuse_pointwise import joins_pieces
 from kiln.engine.optimize.precision import FLOATS
 
 # Kinds whose PyTorch kernels keep an NHWC input NHWC (same-shape pointwise, pooling, norms over channels).
@@ -56,7 +57,8 @@ def mark_channels_last(network: Network) -> None:
             nhwc_inputs = [n for n in layer.inputs if nhwc_able(n) and tensors[n].layout == Layout.CHANNELS_LAST]
             for out in layer.outputs:
                 # A pointwise op keeps NHWC when its output has the shape of an NHWC input (not a broadcast
-                # of a smaller one); pooling changes H and W but keeps the format.
+                # of a smaller one); pooling changes H and W but keeps the format, and a fused group that
+                # reads a concat's NHWC pieces in place writes the joined values NHWC, as the concat would.
                 same_shape = any(list(tensors[out].shape) == list(tensors[n].shape) for n in nhwc_inputs)
-                if nhwc_able(out) and nhwc_inputs and (same_shape or layer.kind not in POINTWISE):
+                if nhwc_able(out) and nhwc_inputs and (same_shape or layer.kind not in POINTWISE or joins_pieces(layer)):
                     tensors[out].layout = Layout.CHANNELS_LAST

@@ -28,7 +28,7 @@ from kiln.engine.ir.symbolic import Dim, is_static
 from kiln.engine.ir.tensor import TensorDesc
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_gemm_epilogue import GEMM_KINDS
-from kiln.engine.optimize.fuse_pointwise import _fusable
+from kiln.engine.optimize.fuse_pointwise import _fusable, joins_pieces
 
 SINKABLE = frozenset({"permute", "reshape"})
 
@@ -85,7 +85,7 @@ def _sink_one(network: Network, view: Layer) -> bool:
 
 
 def _elementwise(layer: Layer, network: Network) -> bool:
-    return layer.kind == "fused_pointwise" or _fusable(layer, network)
+    return (layer.kind == "fused_pointwise" and not joins_pieces(layer)) or _fusable(layer, network)
 
 
 def _worth_sinking(network: Network, view: Layer, readers) -> bool:

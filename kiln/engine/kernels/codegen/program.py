@@ -10,7 +10,7 @@ tactics. `emit` renders the same ops as Triton statements over FP32 (and boolean
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +23,12 @@ from kiln.engine.kernels.quantized import quantize_triton_op
 from kiln.engine.kernels.registry import REFERENCE, RunContext, get_tactic
 
 OP_KINDS = frozenset({"unary", "binary", "where", "cast", "copy", "quantize"})
+# Ops whose value is not an expression over their operands' values at the element being computed: a
+# concat reads element (..., c, ...) of the piece that holds channel c, at (..., c - start, ...). Only a
+# template that walks the output and knows each element's index (kernels/fused_pointwise.py) renders
+# them, reading the pieces where they lie; the others (GEMM epilogues, reduction prologues) never get one:
+# is_generatable says no to them, and fuse_pointwise alone puts them in a group (at its head).
+INDEXED_KINDS = frozenset({"concat"})
 # dtypes a generated kernel loads and stores: floats are computed in FP32, booleans as int1.
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 VALUE_DTYPES = (*FLOAT_DTYPES, torch.bool)
@@ -62,6 +68,16 @@ def is_generatable(layer: Layer) -> bool:
     return layer.kind in ("where", "copy")
 
 
+def reads_pieces(program: Program) -> bool:
+    """Whether the program has an indexed op (a concat): only the flat generated kernel renders it."""
+    return any(op["kind"] in INDEXED_KINDS for op in program.ops)
+
+
+def concat_pieces(program: Program) -> dict[int, tuple[int, int]]:
+    """Input number -> (index of the concat op reading it, its place among that concat's pieces)."""
+    return {i: (k, j) for k, op in enumerate(program.ops) if op["kind"] in INDEXED_KINDS for j, i in enumerate(op["args"])}
+
+
 def values_fit(layer: Layer, dtypes: Sequence[torch.dtype], out_dtypes: Sequence[torch.dtype]) -> bool:
     """Whether a generated kernel can load `dtypes` and store `out_dtypes` for this layer's op: floats and booleans
     in and out, and a quantize's 8-bit output (nothing in a kernel reads an 8-bit value back)."""
@@ -87,20 +103,31 @@ def evaluate(program: Program, inputs: Sequence[torch.Tensor | None], run: RunCo
 
 
 def emit(
-    program: Program, input_exprs: Sequence[str], input_is_bool: Sequence[bool] = (), prefix: str = "v"
+    program: Program,
+    input_exprs: Sequence[str | None],
+    input_is_bool: Sequence[bool] = (),
+    prefix: str = "v",
+    indexed: Mapping[int, tuple[str, bool]] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Triton statements computing the program from already-loaded inputs, and the names of its outputs.
 
     `input_exprs` are expressions of the template (a variable, a tl.load(...) text); floats must
-    already be FP32. The statements assign `{prefix}{i}` for every value, so a template can put
-    them anywhere in its body (indented by the caller) and store the returned names.
+    already be FP32; None for an input only an indexed op reads (a concat's piece, never loaded as such).
+    `indexed` gives, by op number, the (expression, is_bool) the template computed for each indexed op
+    (a concat's value read where its pieces lie). The statements assign `{prefix}{i}` for every value,
+    so a template can put them anywhere in its body (indented by the caller) and store the returned names.
     """
     bools = list(input_is_bool) or [False] * program.num_inputs
     names = [f"{prefix}{i}" for i in range(program.num_inputs + len(program.ops))]
-    lines = [f"{names[i]} = {expr}" for i, expr in enumerate(input_exprs)]
+    lines = [f"{names[i]} = {expr}" for i, expr in enumerate(input_exprs) if expr is not None]
     for k, op in enumerate(program.ops):
         args = [names[i] for i in op["args"]]
-        text, is_bool = _op_text(op, args, [bools[i] for i in op["args"]])
+        if op["kind"] in INDEXED_KINDS:
+            if indexed is None or k not in indexed:
+                raise KeyError(f"a {op['kind']} op needs a template that reads its pieces in place (kernels/fused_pointwise.py)")
+            text, is_bool = indexed[k]
+        else:
+            text, is_bool = _op_text(op, args, [bools[i] for i in op["args"]])
         lines.append(f"{names[program.num_inputs + k]} = {text}")
         bools.append(is_bool)
     return lines, [names[i] for i in program.outputs]
