@@ -80,7 +80,7 @@ def k_step(channels: int, k: int, block_k: int) -> tuple[int, bool]:
 
 def conv_nhwc(x: torch.Tensor, w_taps: torch.Tensor, bias, residual, attrs: dict, config: tuple, out: torch.Tensor | None = None):
     """act(conv2d(x) + bias + residual) for x [N, C, H, W] (channels-last memory preferred) and the prepared
-    w_taps [Cout, KH * KW * C]; returns a channels-last [N, Cout, OH, OW] tensor (`out` when it is one)."""
+    w_taps [Cout, KH, KW, C]; returns a channels-last [N, Cout, OH, OW] tensor (`out` when it is one)."""
     n, c, h, w = x.shape
     if w_taps.dim() != 4 or w_taps.shape[3] != c or not w_taps.is_contiguous():
         raise ValueError("triton_conv runs only with the [Cout, KH, KW, Cin] weight its prepare made")
