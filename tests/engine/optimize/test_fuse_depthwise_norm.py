@@ -103,3 +103,13 @@ def test_a_conv_that_does_not_qualify_stays_unfused(kwargs):
     network, _ = network_as_cuda_build(model, [torch.randn(1, 24, 5, 5)])
     kinds = [m.kind for m in network.layers]
     assert "depthwise_norm" not in kinds and "norm" in kinds, kinds
+
+
+def test_large_images_keep_the_unfused_pair(monkeypatch):
+    # Past MAX_FUSED_PIXELS output pixels the H100 ran cuDNN/Triton depthwise + row norm faster than the fusion.
+    from kiln.engine.optimize import fuse_depthwise_norm
+
+    monkeypatch.setattr(fuse_depthwise_norm, "MAX_FUSED_PIXELS", 2 * 6 * 5 - 1)
+    network, _ = network_as_cuda_build(two_blocks(), [torch.randn(2, 24, 6, 5)])
+    kinds = [m.kind for m in network.layers]
+    assert "depthwise_norm" not in kinds and kinds.count("norm") == 2, kinds
