@@ -13,6 +13,11 @@ strides is read at the flat index; any other input (a broadcast [C] bias, a [N, 
 squeeze-excite scale, a transposed view) is read through its strides, computed from the flat
 index by division by the sizes. Both forms are chosen per call from the real tensors, so views
 and broadcasts cost index arithmetic, never a copy.
+
+Pieces. A program that joins pieces (a `concat` op, only ever at the head of a group) reads each element
+of the joined tensor from the piece that holds its index along the joined dim: the piece's own strides,
+at that index less the piece's start, chosen by comparing the index with the pieces' ends (passed per
+call). One pointer select per piece and one load per element: the joined tensor is never written.
 """
 
 from __future__ import annotations

@@ -12,6 +12,11 @@ the layers that make its inputs, when the merged group stays valid:
 - the fused layer takes the place of the group's last layer, so no outside reader of a group
   value may come before that place;
 - at most MAX_OPS ops and MAX_INPUTS inputs, so the generated kernel stays small.
+- a concat may head a group (DenseNet's concat -> BatchNorm -> ReLU): when the group alone reads the joined
+  tensor and each piece comes from outside the group and is read in it by the concat alone, the kernel
+  reads every element from the piece that holds it (kernels/fused_pointwise.py) and the joined tensor is
+  never written; its pieces count against MAX_PIECES, not MAX_INPUTS. A concat read elsewhere too is
+  written by its own layer anyway, so it stays one.
 A group of one layer is left alone: it gains nothing from a generated kernel. Whether the
 fused kernel beats the separate ATen kernels is still measured: the builder times the
 generated tactic against the reference, which runs the same ops one by one.
