@@ -46,6 +46,7 @@ def test_depthwise_in_64_bits(monkeypatch):
     assert relative_error(out.float(), ref) < 3e-3
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="reuses the 8-bit interpreter tests, which build their tensors on the CPU")
 def test_quantized_templates_in_64_bits(monkeypatch):
     from kiln.engine.kernels import triton_quantized_conv, triton_quantized_depthwise, triton_quantized_gemm
     from tests.quantize import test_triton_kernels as q
