@@ -22,7 +22,7 @@ import torch
 from kiln.engine.kernels.codegen.implicit_gemm import main_loop, output_size, pixel_rows, weight_n_by_taps
 from kiln.engine.kernels.codegen.tiles import grouped_tile, index_range, tile_count, wide_index
 from kiln.engine.kernels.registry import tactic
-from kiln.engine.kernels.triton_epilogue import fusable_activation, load_template, nhwc_output, nhwc_rows, require_low_precision, triton
+from kiln.engine.kernels.triton_epilogue import load_template, nhwc_output, nhwc_rows, require_low_precision, takes_2d_conv, triton
 from kiln.engine.runtime.executor import arena_output
 
 # Sizes that follow the input's shape are not specialised on: a ranged engine's new shape must launch
@@ -105,16 +105,7 @@ def conv_nhwc(x: torch.Tensor, w_taps: torch.Tensor, bias, residual, attrs: dict
 
 
 def _applies(layer, target) -> bool:
-    a = layer.attrs
-    return (
-        triton is not None
-        and target.is_cuda
-        and len(a["stride"]) == 2
-        and not a["transposed"]
-        and a["groups"] == 1
-        and layer.precision in ("float16", "bfloat16")
-        and fusable_activation(a.get("activation"))
-    )
+    return takes_2d_conv(layer, target) and layer.attrs["groups"] == 1
 
 
 def weight_taps(layer, weights: dict) -> dict:

@@ -19,8 +19,33 @@ import torch
 
 from kiln.engine.kernels.codegen.tiles import index_range, wide_index
 from kiln.engine.kernels.registry import tactic
-from kiln.engine.kernels.triton_epilogue import fusable_activation, load_template, nhwc_output, require_low_precision, triton
+from kiln.engine.kernels.triton_epilogue import load_template, nhwc_output, require_low_precision, takes_2d_conv, triton
 from kiln.engine.runtime.executor import arena_output
+
+
+def tap_sum(channels: str, width: str, block: str) -> str:
+    """Triton statements that sum a depthwise conv's taps into `acc` [BLOCK_P, block] in FP32: output pixels `p`
+    (with `p_ok`) by the channel vector `channels` (with `c_ok`) of `width` NHWC channels. Shared with the
+    depthwise + LayerNorm template (triton_depthwise_norm.py)."""
+    lines = [
+        "n = p // (OH * OW)",
+        "rest = p % (OH * OW)",
+        "oh = rest // OW",
+        "ow = rest % OW",
+        f"acc = tl.zeros((BLOCK_P, {block}), dtype=tl.float32)",
+        "for kh in tl.static_range(KH):",
+        "    ih = oh * STRIDE_H - PAD_H + kh * DIL_H",
+        "    row_ok = p_ok & (ih >= 0) & (ih < H)",
+        "    for kw in tl.static_range(KW):",
+        "        iw = ow * STRIDE_W - PAD_W + kw * DIL_W",
+        "        ok = row_ok & (iw >= 0) & (iw < W)",
+        f"        pixel = ((n * H + ih) * W + iw) * {width}",
+        f"        tap = tl.load(x_ptr + pixel[:, None] + {channels}[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)",
+        f"        w = tl.load(w_ptr + (kh * KW + kw) * {width} + {channels}, mask=c_ok, other=0.0)",
+        "        acc += tap.to(tl.float32) * w.to(tl.float32)[None, :]",
+    ]
+    return "\n".join("    " + line for line in lines)
+
 
 # Sizes that follow the input's shape are not specialised on: a ranged engine's new shape
 # must launch the compiled kernel, not compile another. {epilogue} is filled per layer.
@@ -37,28 +62,14 @@ PIXEL_RANGE
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_ok = p < P
     c_ok = c < C
-    n = p // (OH * OW)
-    rest = p % (OH * OW)
-    oh = rest // OW
-    ow = rest % OW
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for kh in tl.static_range(KH):
-        ih = oh * STRIDE_H - PAD_H + kh * DIL_H
-        row_ok = p_ok & (ih >= 0) & (ih < H)
-        for kw in tl.static_range(KW):
-            iw = ow * STRIDE_W - PAD_W + kw * DIL_W
-            ok = row_ok & (iw >= 0) & (iw < W)
-            pixel = ((n * H + ih) * W + iw) * C
-            x = tl.load(x_ptr + pixel[:, None] + c[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
-            w = tl.load(w_ptr + (kh * KW + kw) * C + c, mask=c_ok, other=0.0)
-            acc += x.to(tl.float32) * w.to(tl.float32)[None, :]
+TAPS
     mask = p_ok[:, None] & c_ok[None, :]
     offsets = p[:, None] * C + c[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     {epilogue}
     tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
-""".replace("PIXEL_RANGE", index_range("p", "tl.program_id(0)", "BLOCK_P", "    "))
+""".replace("PIXEL_RANGE", index_range("p", "tl.program_id(0)", "BLOCK_P", "    ")).replace("TAPS", tap_sum("c", "C", "BLOCK_C"))
 RESIDUAL_LOAD = "tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)"
 
 
@@ -109,16 +120,7 @@ def depthwise(x: torch.Tensor, w_taps: torch.Tensor, bias, residual, attrs: dict
 
 
 def _is_depthwise(layer, target) -> bool:
-    a = layer.attrs
-    return (
-        triton is not None
-        and target.is_cuda
-        and len(a["stride"]) == 2
-        and not a["transposed"]
-        and a["groups"] > 1
-        and layer.precision in ("float16", "bfloat16")
-        and fusable_activation(a.get("activation"))
-    )
+    return takes_2d_conv(layer, target) and layer.attrs["groups"] > 1
 
 
 def weight_as_taps(layer, weights: dict) -> dict:

@@ -25,6 +25,7 @@ from kiln.engine.kernels.codegen.tiles import index_range, wide_index
 from kiln.engine.kernels.codegen.triton_source import load_kernel
 from kiln.engine.kernels.depthwise_norm import applies_on_gpu, weight_as_taps
 from kiln.engine.kernels.registry import tactic
+from kiln.engine.kernels.triton_depthwise import tap_sum
 from kiln.engine.kernels.triton_epilogue import LOW_PRECISION, MODULE_HEADER, epilogue_lines, triton
 from kiln.engine.kernels.triton_norm import row_norm_lines
 from kiln.engine.runtime.executor import arena_output
@@ -46,21 +47,7 @@ PIXEL_RANGE
     cols = tl.arange(0, BLOCK_D)
     p_ok = p < P
     c_ok = cols < D
-    n = p // (OH * OW)
-    rest = p % (OH * OW)
-    oh = rest // OW
-    ow = rest % OW
-    acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
-    for kh in tl.static_range(KH):
-        ih = oh * STRIDE_H - PAD_H + kh * DIL_H
-        row_ok = p_ok & (ih >= 0) & (ih < H)
-        for kw in tl.static_range(KW):
-            iw = ow * STRIDE_W - PAD_W + kw * DIL_W
-            ok = row_ok & (iw >= 0) & (iw < W)
-            pixel = ((n * H + ih) * W + iw) * D
-            tap = tl.load(x_ptr + pixel[:, None] + cols[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
-            w = tl.load(w_ptr + (kh * KW + kw) * D + cols, mask=c_ok, other=0.0)
-            acc += tap.to(tl.float32) * w.to(tl.float32)[None, :]
+TAPS
     mask = p_ok[:, None] & c_ok[None, :]
     if HAS_BIAS:
         acc += tl.load(conv_bias_ptr + cols, mask=c_ok, other=0.0).to(tl.float32)[None, :]
@@ -68,7 +55,7 @@ PIXEL_RANGE
     x = tl.where(mask, acc, 0.0)
     {norm}
     tl.store(out_ptr + p[:, None] * D + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
-""".replace("PIXEL_RANGE", index_range("p", "tl.program_id(0)", "BLOCK_P", "    "))
+""".replace("PIXEL_RANGE", index_range("p", "tl.program_id(0)", "BLOCK_P", "    ")).replace("TAPS", tap_sum("cols", "D", "BLOCK_D"))
 
 # name -> (elements of a program's [BLOCK_P, BLOCK_D] tile, num_warps): about 16 FP32 accumulators per thread in
 # each, the size that did not spill in triton_depthwise's tiles; at BLOCK_D = 1024 they are 1, 2 and 4 pixels.

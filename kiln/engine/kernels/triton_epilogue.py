@@ -34,6 +34,20 @@ def fusable_activation(name: str | None) -> bool:
     return name is None or name in UNARY_TRITON
 
 
+def takes_2d_conv(layer, target) -> bool:
+    """What every Triton conv template needs of a conv layer, whatever its groups: a CUDA target, a 2-D
+    non-transposed conv computing in FP16/BF16, and an activation the vocabulary can fuse."""
+    a = layer.attrs
+    return (
+        triton is not None
+        and target.is_cuda
+        and len(a["stride"]) == 2
+        and not a["transposed"]
+        and layer.precision in ("float16", "bfloat16")
+        and fusable_activation(a.get("activation"))
+    )
+
+
 def activation_attrs(attrs: dict) -> dict:
     """The fused activation's own attributes (leaky_relu's slope, clamp's bounds) with its name."""
     return {**attrs.get("activation_attrs", {}), "op": attrs.get("activation")}

@@ -22,6 +22,7 @@ from kiln.engine.ir.network import Layer, Network
 from kiln.engine.ir.symbolic import is_static
 from kiln.engine.ir.tensor import TensorDesc
 from kiln.engine.optimize import cuda_pass
+from kiln.engine.optimize.replace_groups import replace_groups
 
 MOVES = frozenset({"reshape", "permute", "index_select"})
 
@@ -30,8 +31,7 @@ MOVES = frozenset({"reshape", "permute", "index_select"})
 def compose_gather_layers(network: Network) -> Network:
     readers = network.consumers()
     producer = network.producer()
-    replaced: dict[str, list[Layer]] = {}
-    gone: set[str] = set()
+    fusions = []
     for layer in network.layers:
         if not _moves_rows(network, layer) or _continues_a_chain(network, layer, producer, readers):
             continue
@@ -44,16 +44,8 @@ def compose_gather_layers(network: Network) -> Network:
             chain.append(users[0])
         if len(chain) < 2 or _kernels(network, chain) < 2:
             continue
-        replaced[chain[-1].name] = _gather(network, chain)
-        gone |= {m.name for m in chain[:-1]}
-    if replaced:
-        layers = []
-        for layer in network.layers:
-            if layer.name in gone:
-                continue
-            layers += replaced.get(layer.name, [layer])
-        network.layers = layers
-    return network
+        fusions.append((chain, _gather(network, chain)))
+    return replace_groups(network, fusions)
 
 
 def _moves_rows(network: Network, layer: Layer) -> bool:

@@ -28,6 +28,7 @@ from kiln.engine.kernels.triton_depthwise_norm import fits
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_pointwise import member_ops
 from kiln.engine.optimize.precision import with_fp32_members
+from kiln.engine.optimize.replace_groups import replace_groups
 
 LOW_PRECISION = ("float16", "bfloat16")
 # Large images are left as the unfused pair: on the H100 at ConvNeXt-T batch 128 the best fused config took
@@ -39,18 +40,14 @@ MAX_FUSED_PIXELS = 16384
 
 @cuda_pass("fuse_depthwise_norm")
 def fuse_depthwise_norms(network: Network) -> Network:
-    replaced: dict[str, Layer] = {}
-    gone: set[str] = set()
+    fusions = []
     for layer in network.layers:
         if layer.kind in ("conv", "conv_epilogue"):
             match = _match(network, layer)
             if match is not None:
                 fused, members = match
-                replaced[members[-1].name] = fused
-                gone |= {m.name for m in members[:-1]}
-    if replaced:
-        network.layers = [replaced.get(m.name, m) for m in network.layers if m.name not in gone]
-    return network
+                fusions.append((members, fused))
+    return replace_groups(network, fusions)
 
 
 def _match(network: Network, conv: Layer) -> tuple[Layer, list[Layer]] | None:

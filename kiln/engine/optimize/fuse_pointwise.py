@@ -35,6 +35,7 @@ from kiln.engine.ir.symbolic import Dim
 from kiln.engine.kernels.codegen.program import INDEXED_KINDS, OP_KINDS, Program, is_generatable, reads_pieces, values_fit
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.precision import with_fp32_members
+from kiln.engine.optimize.replace_groups import replace_groups
 
 MAX_OPS = 32
 MAX_INPUTS = 8
@@ -48,14 +49,7 @@ def fuse_pointwise_groups(network: Network) -> Network:
     groups = _find_groups(network)
     if not groups:
         return network
-    replaced: dict[str, Layer] = {}
-    gone: set[str] = set()
-    for group in groups:
-        fused = _fused_layer(network, group)
-        replaced[group[-1].name] = fused
-        gone |= {layer.name for layer in group[:-1]}
-    network.layers = [replaced.get(layer.name, layer) for layer in network.layers if layer.name not in gone]
-    return network
+    return replace_groups(network, [(group, _fused_layer(network, group)) for group in groups])
 
 
 def _joinable(layer: Layer, network: Network) -> bool:

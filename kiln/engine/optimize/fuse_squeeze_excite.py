@@ -34,25 +34,23 @@ from kiln.engine.kernels.triton_squeeze_excite import fits
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_pointwise import _fusable, group_program, joins_pieces, member_ops
 from kiln.engine.optimize.precision import with_fp32_members
+from kiln.engine.optimize.replace_groups import replace_groups
 
 MEAN_KINDS = frozenset({"reduce", "pool"})
 
 
 @cuda_pass("fuse_squeeze_excite")
 def fuse_squeeze_excite_gates(network: Network) -> Network:
-    replaced: dict[str, Layer] = {}
-    gone: set[str] = set()
+    fusions, taken = [], set()
     for layer in network.layers:
-        if layer.kind not in MEAN_KINDS or layer.name in gone:
+        if layer.kind not in MEAN_KINDS or layer.name in taken:
             continue
         match = _match(network, layer)
         if match is not None:
             fused, members = match
-            replaced[members[-1].name] = fused
-            gone |= {m.name for m in members[:-1]}
-    if replaced:
-        network.layers = [replaced.get(m.name, m) for m in network.layers if m.name not in gone]
-    return network
+            fusions.append((members, fused))
+            taken |= {m.name for m in members}
+    return replace_groups(network, fusions)
 
 
 def _match(network: Network, mean: Layer) -> tuple[Layer, list[Layer]] | None:
