@@ -28,7 +28,7 @@ from kiln.engine.kernels.triton_depthwise_norm import fits
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_pointwise import member_ops
 from kiln.engine.optimize.precision import with_fp32_members
-from kiln.engine.optimize.replace_groups import replace_groups
+from kiln.engine.optimize.replace_groups import only_reader, replace_groups
 
 LOW_PRECISION = ("float16", "bfloat16")
 # Large images are left as the unfused pair: on the H100 at ConvNeXt-T batch 128 the best fused config took
@@ -54,10 +54,10 @@ def _match(network: Network, conv: Layer) -> tuple[Layer, list[Layer]] | None:
     readers = network.consumers()
     if not _is_depthwise(network, conv):
         return None
-    permute = _only_reader(network, readers, conv.outputs[0])
+    permute = only_reader(network, readers, conv.outputs[0])
     if permute is None or permute.kind != "permute" or list(permute.attrs.get("dims", [])) != CHANNELS_LAST_DIMS:
         return None
-    norm = _only_reader(network, readers, permute.outputs[0])
+    norm = only_reader(network, readers, permute.outputs[0])
     channels = network.tensors[conv.outputs[0]].shape[1]
     if norm is None or not _is_channel_norm(network, norm, permute.outputs[0], channels):
         return None
@@ -72,13 +72,6 @@ def _match(network: Network, conv: Layer) -> tuple[Layer, list[Layer]] | None:
     source = " + ".join(m.source for m in members if m.source)
     fused = Layer("depthwise_norm", norm.name, inputs, list(norm.outputs), with_fp32_members(attrs, members), conv.precision, source)
     return fused, members
-
-
-def _only_reader(network: Network, readers, value: str) -> Layer | None:
-    users = readers.get(value, [])
-    if value in network.outputs or len(users) != 1 or len(users[0].outputs) != 1:
-        return None
-    return users[0]
 
 
 def _is_depthwise(network: Network, conv: Layer) -> bool:

@@ -34,7 +34,7 @@ from kiln.engine.kernels.triton_squeeze_excite import fits
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_pointwise import _fusable, group_program, joins_pieces, member_ops
 from kiln.engine.optimize.precision import with_fp32_members
-from kiln.engine.optimize.replace_groups import replace_groups
+from kiln.engine.optimize.replace_groups import only_reader, replace_groups
 
 MEAN_KINDS = frozenset({"reduce", "pool"})
 
@@ -60,12 +60,12 @@ def _match(network: Network, mean: Layer) -> tuple[Layer, list[Layer]] | None:
     members, stages, params = [mean], [], []
     value = mean.outputs[0]
     for _ in range(2):
-        stage = _only_reader(network, readers, value)
+        stage = only_reader(network, readers, value)
         if stage is None or not _is_stage(network, stage, value):
             return None
         members.append(stage)
         value = stage.outputs[0]
-        after_layer = _only_reader(network, readers, value)
+        after_layer = only_reader(network, readers, value)
         after = _after_program(network, after_layer, value) if after_layer is not None else None
         if after is not None:
             members.append(after_layer)
@@ -85,13 +85,6 @@ def _match(network: Network, mean: Layer) -> tuple[Layer, list[Layer]] | None:
     attrs = with_fp32_members(attrs, members)
     fused = Layer("squeeze_excite", last.name, [mean.inputs[0], *params], [value], attrs, last.precision, source)
     return fused, members
-
-
-def _only_reader(network: Network, readers, value: str) -> Layer | None:
-    users = readers.get(value, [])
-    if value in network.outputs or len(users) != 1 or len(users[0].outputs) != 1:
-        return None
-    return users[0]
 
 
 def _is_spatial_mean(network: Network, layer: Layer) -> bool:

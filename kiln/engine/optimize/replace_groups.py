@@ -1,4 +1,5 @@
-"""How a fusion pass writes its result back: each group of layers becomes its fused layer(s), in place."""
+"""What the chain-matching fusion passes share: the one reader a chain may continue to, and writing the
+matched groups back as their fused layers, in place."""
 
 from __future__ import annotations
 
@@ -13,3 +14,12 @@ def replace_groups(network: Network, fusions: list[tuple[list[Layer], Layer | li
     if at_last:
         network.layers = [new for layer in network.layers if layer.name not in gone for new in at_last.get(layer.name, [layer])]
     return network
+
+
+def only_reader(network: Network, readers: dict, value: str) -> Layer | None:
+    """The single layer reading `value` when a chain may pass through it (not a network output, one reader
+    with one output), else None. `readers` is network.consumers()."""
+    users = readers.get(value, [])
+    if value in network.outputs or len(users) != 1 or len(users[0].outputs) != 1:
+        return None
+    return users[0]
