@@ -59,6 +59,46 @@ def fused_pointwise_triton(layer, inputs, run):
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 
+def _joins_pieces(layer, target) -> bool:
+    return _applies(layer, target) and bool(concat_pieces(Program.from_json(layer.attrs["program"])))
+
+
+@tactic("fused_pointwise", "triton_joined_first", when=_joins_pieces)
+def fused_pointwise_joined_first(layer, inputs, run):
+    """The concat written first (torch.cat), then the rest of the group as one generated kernel: two passes,
+    the floor the in-place read of every piece must beat. A DenseNet-121 join of ~25 pieces costs the
+    one-kernel form a pointer select per piece for every element, which may cost more than the extra pass."""
+    program, joined_inputs = without_concats(Program.from_json(layer.attrs["program"]), list(inputs))
+    dtypes = [dtype_from_name(d) for d in layer.attrs["out_dtypes"]]
+    outs = run_generated(program, joined_inputs, dtypes, [arena_output(run, i) for i in range(len(dtypes))])
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def without_concats(program: Program, inputs: list[torch.Tensor]) -> tuple[Program, list[torch.Tensor]]:
+    """The same program with each concat op's result made an input of its own (joined here by torch.cat in the
+    pieces' memory format), its pieces dropped from the inputs, and every value renumbered to match."""
+    pieces = concat_pieces(program)
+    kept = [i for i in range(program.num_inputs) if i not in pieces]
+    joins = [k for k, op in enumerate(program.ops) if op["kind"] in INDEXED_KINDS]
+    number = {i: n for n, i in enumerate(kept)}
+    new_inputs = [inputs[i] for i in kept]
+    for k in joins:
+        op = program.ops[k]
+        parts = [inputs[i] for i in op["args"]]
+        joined = torch.cat(parts, op["attrs"]["dim"])
+        if joined.dim() == 4 and all(x.is_contiguous(memory_format=torch.channels_last) for x in parts):
+            joined = joined.contiguous(memory_format=torch.channels_last)
+        number[program.num_inputs + k] = len(new_inputs)
+        new_inputs.append(joined)
+    ops = []
+    for k, op in enumerate(program.ops):
+        if k in joins:
+            continue
+        number[program.num_inputs + k] = len(new_inputs) + len(ops)
+        ops.append({**op, "args": [number[a] if a is not None else None for a in op["args"]]})
+    return Program(len(new_inputs), tuple(ops), tuple(number[o] for o in program.outputs)), new_inputs
+
+
 def write_over(program: Program, y: torch.Tensor, extras: list, run) -> torch.Tensor:
     """program(y, *extras) written over y, the caller's own fresh output: one generated pass on the GPU
     (the epilogue a library conv or GEMM could not fuse), the ops' references elsewhere."""

@@ -105,3 +105,27 @@ def test_templates_without_an_index_refuse_a_concat():
     ops = ({"kind": "concat", "op": "concat", "args": [0, 1], "attrs": {"dim": 1}},)
     with pytest.raises(KeyError, match="reads its pieces in place"):
         emit(Program(2, ops, (2,)), ["a", "b"])
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_joined_first_tactic_concats_then_runs_the_rest_as_one_kernel(channels_last):
+    # The two-pass floor the in-place read must beat: torch.cat, then the generated rest of the group.
+    from kiln.engine.kernels.codegen.program import evaluate
+    from kiln.engine.kernels.fused_pointwise import fused_pointwise_joined_first, without_concats
+
+    torch.manual_seed(3)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    channels = [2, 7, 3]
+    pieces = [torch.randn(2, c, 3, 5).half().contiguous(memory_format=fmt).to(DEVICE) for c in channels]
+    _, scale, shift = bn_vectors(sum(channels), 2)
+    inputs = [*pieces, scale.to(DEVICE), shift.to(DEVICE)]
+    ops = concat_bn_relu_ops(len(pieces))
+    program = Program(len(inputs), tuple(ops), (len(inputs) + len(ops) - 1,))
+    rest, joined_inputs = without_concats(program, inputs)
+    assert rest.num_inputs == 3 and len(rest.ops) == len(ops) - 1 and all(op["kind"] != "concat" for op in rest.ops)
+    assert joined_inputs[-1].is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(evaluate(rest, joined_inputs, RUN)[0], evaluate(program, inputs, RUN)[0], rtol=0, atol=0)
+    layer = Layer("fused_pointwise", "f", [], [], {"program": program.to_json(), "out_dtypes": ["float16"]})
+    got = fused_pointwise_joined_first(layer, inputs, RUN)
+    ref = fused_pointwise_reference(layer, inputs, RUN)
+    torch.testing.assert_close(got.cpu(), ref.cpu(), rtol=1e-3, atol=1e-3)
