@@ -18,7 +18,7 @@ from torch import nn
 
 import kiln
 from kiln.engine.builder.build import PreparedWeights, build_plan, prepared_name
-from kiln.engine.kernels import sparse_mlp
+from kiln.engine.kernels import sparse_gemm, sparse_mlp
 from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.kernels.registry import REFERENCE, RunContext, get_tactic
 from kiln.engine.kernels.triton_transposed_epilogue import transposed_epilogue, triton
@@ -230,7 +230,7 @@ def test_a_plan_on_the_chain_answers_densely_on_the_cpu_and_loads_as_dense(tmp_p
     compiled = _as_if_built_with_the_chain(compiled, model, x)
     steps = [s for e in compiled.engine_blocks.values() for s in e.plan.steps]
     assert [s.tactic for s in steps].count(sparse_mlp.CHAIN) == 1
-    monkeypatch.setattr(sparse_mlp, "_warned", set())
+    monkeypatch.setattr(sparse_gemm, "_warned", set())  # the dense-fallback warning is sparse_gemm.warn_dense_fallback's
     with pytest.warns(UserWarning, match="has no sparse tensor cores"):
         out = compiled(x)
     assert_outputs_match(out.float(), model(x), rtol=1e-2)

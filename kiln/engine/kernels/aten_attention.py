@@ -13,10 +13,10 @@ takes dense copies of them, the tactic runs it on the copies; their cost is part
 the builder measures for it against the Triton kernels, which read any strides.
 """
 
-import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from kiln.engine.kernels.alignment import aligned_16
 from kiln.engine.kernels.registry import tactic
 
 BACKENDS = {
@@ -64,17 +64,12 @@ def accepted_layout(backend: SDPBackend, inputs: list, attrs: dict) -> list:
 
     # A start off 16 bytes passes PyTorch's checks yet faulted the efficient backend on the H100 ("misaligned
     # address", storage offset 4 halves): such an operand is always copied to a fresh, aligned tensor.
-    inputs = [_aligned(t) for t in inputs]
+    inputs = [aligned_16(t) for t in inputs]
     if taken(*inputs):
         return inputs
     dense = [t.contiguous() if t is not None else None for t in inputs]
     return dense if taken(*dense) else inputs
 
-
-def _aligned(t):
-    if t is None or t.data_ptr() % 16 == 0:
-        return t
-    return t.clone(memory_format=torch.contiguous_format)
 
 
 def _register(name, backend):

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from kiln.engine.ir.dtypes import dtype_from_name
 from kiln.engine.ir.network import Layer
+from kiln.engine.kernels.alignment import aligned_16
 from kiln.engine.kernels.aten_matmul import finish_epilogue
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import finish_in_place
@@ -98,14 +99,19 @@ _warned: set[str] = set()
 _search_lock = threading.Lock()
 
 
-def dense_fallback(layer, rows: torch.Tensor, packed: torch.Tensor, bias, why: str) -> torch.Tensor:
+def warn_dense_fallback(layer, tactic: str, why: str) -> None:
+    """Once per layer: a plan built with a sparse tactic computes densely here, and says why."""
     if layer.name not in _warned:
         _warned.add(layer.name)
         warnings.warn(
-            f"kiln: layer {layer.name} was built with the 2:4 sparse tactic, but {why}: computing it densely with "
+            f"kiln: layer {layer.name} was built with the {tactic}, but {why}: computing it densely with "
             "the same pruned weights (same result, no sparse speed-up). Compile again on this machine for its best tactics.",
-            stacklevel=2,
+            stacklevel=3,
         )
+
+
+def dense_fallback(layer, rows: torch.Tensor, packed: torch.Tensor, bias, why: str) -> torch.Tensor:
+    warn_dense_fallback(layer, "2:4 sparse tactic", why)
     info = _info(layer)
     weight = unpack_dense(packed, info["rows"], info["cols"], dtype_from_name(info["dtype"]))
     return F.linear(rows, weight.to(rows.dtype), bias)
@@ -152,11 +158,6 @@ def _choice(info: dict, rows: torch.Tensor, bias) -> tuple[int, bool]:
     return info["alg_id"], info.get("fused_bias", True)
 
 
-def _aligned(t: torch.Tensor) -> torch.Tensor:
-    # cuSPARSELt wants 16-byte aligned operands; a view at an odd offset (a slice of a bigger tensor) is copied.
-    return t if t.data_ptr() % 16 == 0 else t.clone()
-
-
 def compressed_weight(info: dict, packed: torch.Tensor) -> torch.Tensor | None:
     """The compressed matrix inside `packed`, viewed to the shape and dtype torch._cslt_compress gave it; None if absent."""
     return compressed_segment(packed, info["rows"], info["cols"], dtype_from_name(info["dtype"]), info.get("cslt_shape"))
@@ -172,13 +173,13 @@ def sparse_rows_matmul(layer, rows: torch.Tensor, packed: torch.Tensor, bias) ->
     compressed = compressed_weight(info, packed)
     if compressed is None:
         return dense_fallback(layer, rows, packed, bias, "its weight was packed without cuSPARSELt")
-    compressed = _aligned(compressed)
+    compressed = aligned_16(compressed)
     m = rows.shape[0]
     pad = (-m) % ROW_MULTIPLE
-    rows = F.pad(rows, (0, 0, 0, pad)) if pad else _aligned(rows.contiguous())
+    rows = F.pad(rows, (0, 0, 0, pad)) if pad else aligned_16(rows.contiguous())
     # [K, M] with strides [1, K]: cuSPARSELt reads it as the row-major [M, K] transposed, no copy.
     rows_t = rows.t()
-    bias = _aligned(bias.contiguous()) if bias is not None else None
+    bias = aligned_16(bias.contiguous()) if bias is not None else None
     alg_id, fused_bias = _choice(info, rows, bias)
     out = torch._cslt_sparse_mm(compressed, rows_t, bias=bias if fused_bias else None, **mm_keywords(alg_id))
     if bias is not None and not fused_bias:

@@ -30,7 +30,6 @@ Tactics:
 from __future__ import annotations
 
 import threading
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +37,11 @@ import torch.nn.functional as F
 from kiln.engine.ir.dtypes import dtype_from_name
 from kiln.engine.ir.network import Layer
 from kiln.engine.kernels import aten_matmul, sparse_gemm, triton_gemm  # noqa: F401  (the linear tactics the dense halves run)
+from kiln.engine.kernels.alignment import aligned_16
 from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.kernels.matmul import linear_reference
 from kiln.engine.kernels.registry import RunContext, get_tactic, reference, tactic
-from kiln.engine.kernels.sparse_gemm import ROW_MULTIPLE, compressed_weight, mm_parameters
+from kiln.engine.kernels.sparse_gemm import ROW_MULTIPLE, compressed_weight, mm_parameters, warn_dense_fallback
 from kiln.engine.kernels.triton_transposed_epilogue import read_kinds, transposed_epilogue, triton
 from kiln.engine.optimize.fuse_sparse_mlp import CHAIN_ATTR, KIND
 from kiln.engine.runtime.executor import arena_output
@@ -135,7 +135,6 @@ def _unprepare(layer, packed: torch.Tensor) -> torch.Tensor:
     return unpack_dense(packed, info["rows"], info["cols"], dtype_from_name(info["dtype"]))
 
 
-_warned: set[str] = set()
 _search_lock = threading.Lock()
 
 
@@ -163,18 +162,8 @@ def _untransposed(compressed: torch.Tensor, dense: torch.Tensor, alg_id: int) ->
     return torch._cslt_sparse_mm(compressed, dense, **keywords)
 
 
-def _aligned(t: torch.Tensor) -> torch.Tensor:
-    return t if t.data_ptr() % 16 == 0 else t.clone()
-
-
 def _dense_fallback(layer, inputs, run, why: str) -> torch.Tensor:
-    if layer.name not in _warned:
-        _warned.add(layer.name)
-        warnings.warn(
-            f"kiln: layer {layer.name} was built with the 2:4 sparse MLP chain, but {why}: computing it densely with "
-            "the same pruned weights (same result, no sparse speed-up). Compile again on this machine for its best tactics.",
-            stacklevel=2,
-        )
+    warn_dense_fallback(layer, "2:4 sparse MLP chain", why)
     dense = list(inputs)
     for index, info in zip(WEIGHT_INPUTS, _infos(layer)):
         dense[index] = unpack_dense(inputs[index], info["rows"], info["cols"], dtype_from_name(info["dtype"])).to(inputs[0].dtype)
@@ -198,12 +187,12 @@ def sparse_mlp_chain(layer, inputs, run):
         raise ValueError(f"{CHAIN} reads epilogue inputs of the result's shape or along its features only")
     pad = (-m) % ROW_MULTIPLE
     # cuSPARSELt's dense operand: rows padded to a multiple of 8; the padded columns of H^T and Y^T are never read back.
-    rows = F.pad(rows, (0, 0, 0, pad)) if pad else _aligned(rows.contiguous())
+    rows = F.pad(rows, (0, 0, 0, pad)) if pad else aligned_16(rows.contiguous())
     alg1 = _algorithm(info1, m + pad, x.device, dense_row_major=False)
     alg2 = _algorithm(info2, m + pad, x.device, dense_row_major=True)
-    hidden_t = _untransposed(_aligned(c1), rows.t(), alg1)  # [F, M + pad]
+    hidden_t = _untransposed(aligned_16(c1), rows.t(), alg1)  # [F, M + pad]
     transposed_epilogue(hidden_t, b1, _program(first), hidden_extras, hidden_t.t()[:m], (*x.shape[:-1], features))
-    out_t = _untransposed(_aligned(c2), hidden_t, alg2)  # [N, M + pad]
+    out_t = _untransposed(aligned_16(c2), hidden_t, alg2)  # [N, M + pad]
     out = arena_output(run, 0)
     if out is None or tuple(out.shape) != out_shape or not out.is_contiguous() or out.dtype != x.dtype:
         out = torch.empty(out_shape, dtype=x.dtype, device=x.device)

@@ -53,14 +53,21 @@ def _kernel(program: Program | None, extra_kinds: tuple[str, ...], tma: bool = F
     return _KERNELS[key]
 
 
-def _epilogue(program: Program | None, extra_kinds: tuple[str, ...], indent: str) -> str:
-    """Bias, then the generated program over the FP32 tile `acc` and the extra inputs at the tile's offsets."""
+def epilogue_loads(extra_kinds: tuple[str, ...], full_offsets: str) -> list[str]:
+    """The generated epilogue's inputs: `acc`, then each extra input's tile, read at `full_offsets` (an input of
+    the output's shape) or along the columns `rn` (one value per output feature), as extra_kind named it."""
     loads = ["acc"]
     for i, kind in enumerate(extra_kinds):
         if kind == "full":
-            loads.append(f"tl.load(e{i}_ptr + offsets, mask=mask, other=0.0).to(tl.float32)")
+            loads.append(f"tl.load(e{i}_ptr + {full_offsets}, mask=mask, other=0.0).to(tl.float32)")
         else:
             loads.append(f"tl.load(e{i}_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]")
+    return loads
+
+
+def _epilogue(program: Program | None, extra_kinds: tuple[str, ...], indent: str) -> str:
+    """Bias, then the generated program over the FP32 tile `acc` and the extra inputs at the tile's offsets."""
+    loads = epilogue_loads(extra_kinds, "offsets")
     lines = [
         "mask = (rm[:, None] < M) & (rn[None, :] < N)",
         "offsets = rm[:, None] * N + rn[None, :]",

@@ -26,7 +26,7 @@ from kiln.engine.kernels.codegen.program import Program, emit
 from kiln.engine.kernels.codegen.tiles import index_range, wide_index
 from kiln.engine.kernels.codegen.triton_source import load_kernel
 from kiln.engine.kernels.triton_epilogue import MODULE_HEADER, triton
-from kiln.engine.kernels.triton_gemm import extra_kind
+from kiln.engine.kernels.triton_gemm import epilogue_loads, extra_kind
 
 BLOCK_M, BLOCK_N, WARPS = 64, 64, 4
 _KERNELS: dict[tuple, object] = {}
@@ -34,12 +34,7 @@ _KERNELS: dict[tuple, object] = {}
 
 def kernel_source(program: Program | None, extra_kinds: tuple[str, ...]) -> str:
     extras = [f"e{i}_ptr" for i in range(len(extra_kinds))]
-    loads = ["acc"]
-    for i, kind in enumerate(extra_kinds):
-        if kind == "full":
-            loads.append(f"tl.load(e{i}_ptr + rm[:, None] * N + rn[None, :], mask=mask, other=0.0).to(tl.float32)")
-        else:
-            loads.append(f"tl.load(e{i}_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]")
+    loads = epilogue_loads(extra_kinds, "rm[:, None] * N + rn[None, :]")
     body = []
     if program is not None:
         lines, (result,) = emit(program, loads, prefix="ep")

@@ -8,22 +8,16 @@ value); compiling through ptxas here catches those before a GPU run does.
 
 import inspect
 
-import pytest
 import torch
 
 from kiln.engine.kernels import triton_group_norm, triton_norm, triton_reduce
 from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.kernels.codegen.triton_source import load_kernel
 from kiln.engine.kernels.fused_reduction import IDENTITY
-from tests.helpers import compile_for_sm90, run_outside_the_interpreter
+from tests.helpers import compile_for_sm90, run_outside_the_interpreter, skip_unless_triton_compiles_ahead_of_time
 
-triton = pytest.importorskip("triton")
-try:
-    from triton.backends.compiler import GPUTarget  # noqa: F401  (what tests.helpers.compile_for_sm90 needs)
-    from triton.compiler import ASTSource  # noqa: F401
-    from triton.runtime.jit import JITFunction
-except ImportError:  # pragma: no cover - an older Triton
-    pytest.skip("this Triton cannot compile ahead of time", allow_module_level=True)
+skip_unless_triton_compiles_ahead_of_time()
+from triton.runtime.jit import JITFunction  # noqa: E402
 
 F16 = torch.float16
 ADD = Program(2, ({"kind": "binary", "op": "add", "args": [0, 1], "attrs": {"op": "add"}},), (2, 2))

@@ -3,18 +3,12 @@
 Triton's interpreter, which runs the numeric tests on a CPU, accepts programs the compiler refuses;
 compiling through ptxas here catches those before a GPU run does."""
 
-import pytest
 
 from kiln.engine.kernels import triton_conv
 from kiln.engine.kernels.triton_epilogue import load_template
-from tests.helpers import compile_for_sm90, run_outside_the_interpreter
+from tests.helpers import compile_for_sm90, run_outside_the_interpreter, skip_unless_triton_compiles_ahead_of_time
 
-triton = pytest.importorskip("triton")
-try:
-    from triton.backends.compiler import GPUTarget  # noqa: F401  (what tests.helpers.compile_for_sm90 needs)
-    from triton.compiler import ASTSource  # noqa: F401
-except ImportError:  # pragma: no cover - an older Triton
-    pytest.skip("this Triton cannot compile ahead of time", allow_module_level=True)
+skip_unless_triton_compiles_ahead_of_time()
 
 # leaky_relu after a residual add, so the generated epilogue and its residual load are in the text; both K loops
 # (TAP_LOOP on and off), at the smallest config's tile, to keep ptxas quick.

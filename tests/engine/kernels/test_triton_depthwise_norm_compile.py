@@ -3,18 +3,12 @@
 Triton's interpreter, which runs the numeric tests on a CPU, accepts programs the compiler refuses;
 compiling through ptxas here catches those before a GPU run does."""
 
-import pytest
 
 from kiln.engine.kernels import triton_depthwise_norm
 from kiln.engine.kernels.codegen.triton_source import load_kernel
-from tests.helpers import compile_for_sm90, run_outside_the_interpreter
+from tests.helpers import compile_for_sm90, run_outside_the_interpreter, skip_unless_triton_compiles_ahead_of_time
 
-triton = pytest.importorskip("triton")
-try:
-    from triton.backends.compiler import GPUTarget  # noqa: F401  (what tests.helpers.compile_for_sm90 needs)
-    from triton.compiler import ASTSource  # noqa: F401
-except ImportError:  # pragma: no cover - an older Triton
-    pytest.skip("this Triton cannot compile ahead of time", allow_module_level=True)
+skip_unless_triton_compiles_ahead_of_time()
 
 # A GELU after the conv and an affine LayerNorm, so the generated conv epilogue and the norm lines are both in the
 # text. A 3x3 filter over 32 channels: ConvNeXt's 7x7 over 1024 compiles the same text but takes ptxas ~45 s here.

@@ -4,19 +4,13 @@ from the op vocabulary.
 Triton's interpreter, which runs the numeric tests on a CPU, accepts programs the compiler refuses;
 compiling through ptxas here catches those before a GPU run does."""
 
-import pytest
 
 from kiln.engine.kernels import triton_squeeze_excite
 from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.kernels.codegen.triton_source import load_kernel
-from tests.helpers import compile_for_sm90, run_outside_the_interpreter
+from tests.helpers import compile_for_sm90, run_outside_the_interpreter, skip_unless_triton_compiles_ahead_of_time
 
-triton = pytest.importorskip("triton")
-try:
-    from triton.backends.compiler import GPUTarget  # noqa: F401  (what tests.helpers.compile_for_sm90 needs)
-    from triton.compiler import ASTSource  # noqa: F401
-except ImportError:  # pragma: no cover - an older Triton
-    pytest.skip("this Triton cannot compile ahead of time", allow_module_level=True)
+skip_unless_triton_compiles_ahead_of_time()
 
 
 def _unary(op: str) -> Program:
