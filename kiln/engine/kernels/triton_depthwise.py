@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from kiln.engine.kernels.codegen.implicit_gemm import output_size
 from kiln.engine.kernels.codegen.tiles import index_range, wide_index
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import load_template, nhwc_output, require_low_precision, takes_2d_conv, triton
@@ -100,8 +101,7 @@ def depthwise(x: torch.Tensor, w_taps: torch.Tensor, bias, residual, attrs: dict
         raise ValueError("triton_depthwise runs only with the [KH, KW, C] weight its prepare made")
     kh, kw = w_taps.shape[:2]
     (sh, sw), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = output_size(h, ph, dh, kh, sh), output_size(w, pw, dw, kw, sw)
     x = x.contiguous(memory_format=torch.channels_last)
     out = nhwc_output(out, (n, c, oh, ow), x)
     if residual is not None:

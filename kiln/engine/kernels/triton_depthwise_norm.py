@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from kiln.engine.ir.dtypes import dtype_from_name
+from kiln.engine.kernels.codegen.implicit_gemm import output_size
 from kiln.engine.kernels.codegen.tiles import index_range, wide_index
 from kiln.engine.kernels.codegen.triton_source import load_kernel
 from kiln.engine.kernels.depthwise_norm import applies_on_gpu, weight_as_taps
@@ -106,8 +107,7 @@ def depthwise_norm(x, w_taps, conv_bias, norm_weight, norm_bias, conv_attrs: dic
         raise ValueError(f"triton_depthwise_norm normalises at most {MAX_CHANNELS} channels in registers, not {c}")
     kh, kw = w_taps.shape[:2]
     (sh, sw), (ph, pw), (dh, dw) = conv_attrs["stride"], conv_attrs["padding"], conv_attrs["dilation"]
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = output_size(h, ph, dh, kh, sh), output_size(w, pw, dw, kw, sw)
     x = x.contiguous(memory_format=torch.channels_last)
     shape = (n, oh, ow, c)
     if out is None or tuple(out.shape) != shape or out.dtype != x.dtype or not out.is_contiguous():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from kiln.engine.kernels.codegen.implicit_gemm import main_loop, pixel_rows, weight_n_by_taps
+from kiln.engine.kernels.codegen.implicit_gemm import main_loop, output_size, pixel_rows, weight_n_by_taps
 from kiln.engine.kernels.codegen.tiles import grouped_tile, index_range, tile_count, wide_index
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows
@@ -75,8 +75,7 @@ def qconv_nhwc(layer, x: torch.Tensor, w_taps: torch.Tensor, bias, residual, w_s
     n, c, h, w = x.shape
     kh, kw = layer_kernel_size(layer, w_taps, c)
     (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = output_size(h, ph, dh, kh, sh), output_size(w, pw, dw, kw, sw)
     cout = w_taps.shape[0]
     x_nhwc = x.contiguous(memory_format=torch.channels_last)
     out = torch.empty((n, oh, ow, cout), dtype=output_dtype(layer), device=x.device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from kiln.engine.kernels.codegen.implicit_gemm import output_size
 from kiln.engine.kernels.codegen.tiles import index_range, wide_index
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows, triton
@@ -76,8 +77,7 @@ def qdepthwise_triton(config):
         if w_taps.shape != (kh * kw, c):
             raise ValueError("triton depthwise qconv runs only with the [KH*KW, C] weight its prepare made")
         (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
-        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        oh, ow = output_size(h, ph, dh, kh, sh), output_size(w, pw, dw, kw, sw)
         out = torch.empty((n, oh, ow, c), dtype=output_dtype(layer), device=x.device)
         res = nhwc_rows(residual) if residual is not None else None
         m = n * oh * ow
