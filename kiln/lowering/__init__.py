@@ -7,15 +7,17 @@ from kiln.lowering.constants import drop_unused_constants
 from kiln.lowering.fold_batch_norm import fold_batch_norm
 from kiln.lowering.fold_channel_scale import fold_channel_scale
 from kiln.lowering.fold_constants import fold_constants
+from kiln.lowering.merge_parallel_convs import merge_parallel_convs
 from kiln.lowering.remove_identity import remove_identity
 from kiln.lowering.scalar_tensors import scalar_to_tensor
 from kiln.quantize.qdq_graph import rewrite_quantize_dequantize
 
 # PT2E quantize/dequantize pairs become fake-quantize ops before folding could erase their scales. Layer
 # scales fold into weights once fold_constants has turned `gamma.view(1, -1, 1, 1)` into one constant.
+# Parallel conv branches merge once each branch's BatchNorm is in its conv, while weights keep their precision.
 LOWERING_PASSES = [
-    remove_identity, rewrite_quantize_dequantize, fold_batch_norm, canonicalize_views, scalar_to_tensor, fold_constants,
-    fold_channel_scale,
+    remove_identity, rewrite_quantize_dequantize, fold_batch_norm, merge_parallel_convs, canonicalize_views,
+    scalar_to_tensor, fold_constants, fold_channel_scale,
 ]  # fmt: skip
 
 
