@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 import kiln.engine.kernels  # noqa: F401  (registers every tactic)
+from kiln.engine.builder.candidates import candidates
 from kiln.engine.builder.memory import plan_arena
 from kiln.engine.builder.precompile import precompile
 from kiln.engine.builder.timing import TimingCache, cudnn_autotune, time_on_gpu
@@ -124,19 +125,28 @@ def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarg
         cache = TimingCache(settings.timing_cache_path)
         tuners = []
         points = tuning_points(network.symbols)
+        offered = [candidates(network, layer, target, points) for layer in network.layers]
+        # A layer whose every candidate the cache has timed at every point is decided before anything is built:
+        # only its choice is compiled and prepared, nothing of it is timed.
+        keys = [TimingCache.layer_key(network, layer, c, points) if len(c) > 1 else None for layer, c in zip(network.layers, offered)]
+        known = [cache.get_layer(k) if k is not None else None for k in keys]
         for point in points:
             progress.doing = f"making random inputs at shape {dict(point) or 'static'}"
             tuners.append(LayerTuner(network, weights, settings, point, cache, progress, timer or time_on_gpu))
-        if target.is_cuda and rank is None:
+        if rank is None:
             progress.doing = "compiling the Triton kernels of every candidate"
-            compile_kernels(network, weights, points, target, settings.debug)
+            compile_kernels(network, weights, points, target, settings.debug, kernels_to_compile(offered, known))
         with cudnn_autotune(), torch.no_grad():
             for i, layer in enumerate(tqdm(network.layers, desc="kiln: timing tactics", unit="layer", disable=None, leave=False)):
-                candidates = tactics_for(layer, target)
                 if rank is None:
-                    tactic, timings = choose_tactic(tuners, i, layer, candidates)
+                    per_point = known[i]
+                    if per_point is None and keys[i] is not None:
+                        per_point, faulted = time_candidates(tuners, layer, offered[i])
+                        if not faulted:  # a fault may be passing: not written into the cache for good
+                            cache.put_layer(keys[i], per_point)
+                    tactic, timings = choose_tactic(tuners, i, layer, offered[i], per_point)
                 else:
-                    ranked, timings = rank(layer, candidates)
+                    ranked, timings = rank(layer, offered[i])
                     tactic = run_first_that_works(tuners, i, layer, ranked)
                 progress.doing = f"preparing the weights of layer {layer.name} ({layer.kind}) for tactic {tactic.name!r}"
                 steps.append(Step(weights.apply(layer, tactic), tactic.name, timings))
@@ -146,7 +156,8 @@ def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarg
         if settings.debug:
             print(
                 f"kiln build: {len(steps)} layers at {len(tuners)} shape(s) in {time.perf_counter() - started:.1f} s; "
-                f"{sum(t.timed for t in tuners)} tactic timings measured, {cache.hits} from the timing cache",
+                f"{sum(t.timed for t in tuners)} tactic timings measured, {cache.hits} from the timing cache, "
+                f"{cache.layer_hits} layers decided by it",
                 flush=True,
             )
     else:
@@ -157,16 +168,31 @@ def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarg
     return steps, weights
 
 
-def compile_kernels(network: Network, weights: PreparedWeights, points: list[dict[str, int]], target: BuildTarget, debug: bool) -> None:
-    """Compile every Triton candidate before timing, in parallel; with a progress bar on a terminal."""
+def compile_kernels(
+    network: Network, weights: PreparedWeights, points: list[dict[str, int]], target: BuildTarget, debug: bool, offered: list[list[Tactic]]
+) -> None:
+    """Compile the Triton kernels of `offered` (per layer) before timing, in parallel; with a progress bar on a terminal."""
     started = time.perf_counter()
     with tqdm(desc="kiln: compiling kernels", unit="kernel", disable=None, leave=False) as bar:
         for point in points:
-            ran, failed = precompile(network, weights, point, target, lambda desc, run: random_tensor(desc, run, target.device), bar)
+            make_input = lambda desc, run: random_tensor(desc, run, target.device)  # noqa: E731
+            ran, failed = precompile(network, weights, point, target, make_input, bar, offered)
             if debug:
                 print(f"kiln build: {ran} Triton candidates compiled ahead at {point or 'static'} in {time.perf_counter() - started:.1f} s")
                 for layer, tactic, exc in failed:
                     print(f"kiln build:   {tactic} on {layer} raised {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def kernels_to_compile(offered: list[list[Tactic]], known: list[list[dict[str, float]] | None]) -> list[list[Tactic]]:
+    """Per layer, the candidates to compile ahead: all of them, or only the first in rank where the cache decided."""
+    return [c if timings is None else rank_by_timings(c, timings)[:1] for c, timings in zip(offered, known)]
+
+
+def time_candidates(tuners: list[LayerTuner], layer: Layer, offered: list[Tactic]) -> tuple[list[dict[str, float]], bool]:
+    """Each candidate's milliseconds at every tuning point, and whether a candidate faulted (raised other than a decline)."""
+    faults = sum(tuner.faults for tuner in tuners)
+    per_point = [tuner.time_all(layer, offered) for tuner in tuners]
+    return per_point, sum(tuner.faults for tuner in tuners) != faults
 
 
 def rank_reference(layer: Layer, candidates: list[Tactic]) -> tuple[list[Tactic], dict[str, float]]:
@@ -272,24 +298,33 @@ class PreparedWeights:
         return Layer(layer.kind, layer.name, inputs, list(layer.outputs), layer.attrs, layer.precision, layer.source)
 
 
-def choose_tactic(tuners: list[LayerTuner], index: int, layer: Layer, candidates: list[Tactic]) -> tuple[Tactic, dict[str, float]]:
+def choose_tactic(
+    tuners: list[LayerTuner], index: int, layer: Layer, candidates: list[Tactic], per_point: list[dict[str, float]] | None = None
+) -> tuple[Tactic, dict[str, float]]:
     """The tactic with the smallest worst-case slowdown against each point's fastest; ties go to the faster at opt.
 
-    The chosen tactic then runs for real at every point, so the next layer is timed on its output;
+    `per_point`: the candidates' timings at each tuning point, if known (from the timing cache); else each tuner
+    times them. The chosen tactic then runs for real at every point, so the next layer is timed on its output;
     if it raises there, or gives an output of the wrong shape, the next in rank takes its place."""
     timings: dict[str, float] = {}
     ranked = list(candidates)
     if len(candidates) > 1:
-        per_point = [tuner.time_all(layer, candidates) for tuner in tuners]
+        if per_point is None:
+            per_point = [tuner.time_all(layer, candidates) for tuner in tuners]
         timings = per_point[0]
-        usable = [t for t in candidates if all(t.name in point for point in per_point)]
-
-        def worst_slowdown(tactic: Tactic) -> tuple[float, float]:
-            ratio = max(point[tactic.name] / max(min(point.values()), 1e-9) for point in per_point)
-            return round(ratio, 3), timings[tactic.name]
-
-        ranked = sorted(usable, key=worst_slowdown)
+        ranked = rank_by_timings(candidates, per_point)
     return run_first_that_works(tuners, index, layer, ranked), timings
+
+
+def rank_by_timings(candidates: list[Tactic], per_point: list[dict[str, float]]) -> list[Tactic]:
+    """The candidates timed at every point, by worst slowdown against each point's fastest, then by time at opt."""
+    usable = [t for t in candidates if all(t.name in point for point in per_point)]
+
+    def worst_slowdown(tactic: Tactic) -> tuple[float, float]:
+        ratio = max(point[tactic.name] / max(min(point.values()), 1e-9) for point in per_point)
+        return round(ratio, 3), per_point[0][tactic.name]
+
+    return sorted(usable, key=worst_slowdown)
 
 
 def run_first_that_works(tuners: list[LayerTuner], index: int, layer: Layer, ranked: list[Tactic]) -> Tactic:
@@ -359,6 +394,7 @@ class LayerTuner:
         self.run_context = RunContext(point)
         self.cache = cache
         self.timed = 0
+        self.faults = 0  # candidates that raised something other than ValueError (a decline) while timed
         self.debug = settings.debug
         self.progress = progress or BuildProgress("")
         self.timer = timer
@@ -402,6 +438,7 @@ class LayerTuner:
                 # A ValueError is how a tactic or its prepare declines a layer it was not written for (an FP32
                 # input to an FP16 kernel, a weight of another shape): expected, so silent. Anything else is a fault.
                 if not isinstance(exc, ValueError):
+                    self.faults += 1
                     skip_tactic(layer, tactic, "failed to prepare or compile, or raised while being timed", exc)
                 check_device_alive(layer, tactic, exc)
                 continue

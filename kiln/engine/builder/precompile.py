@@ -28,12 +28,17 @@ from kiln.engine.kernels.registry import BuildTarget, RunContext, Tactic, tactic
 MAX_WORKERS = 16
 
 
-def jit_candidates(network: Network, target: BuildTarget, point: dict[str, int]) -> list[tuple[Layer, Tactic]]:
-    """One (layer, tactic) per distinct compile: same tactic, attrs and input shapes compile the same kernel."""
+def jit_candidates(
+    network: Network, target: BuildTarget, point: dict[str, int], offered: list[list[Tactic]] | None = None
+) -> list[tuple[Layer, Tactic]]:
+    """One (layer, tactic) per distinct compile: same tactic, attrs and input shapes compile the same kernel.
+
+    `offered`: per layer, the tactics to consider (the builder's candidates, or only the choice a warm timing
+    cache made); all that apply if not given."""
     seen: set[str] = set()
     jobs = []
-    for layer in network.layers:
-        for tactic in tactics_for(layer, target):
+    for i, layer in enumerate(network.layers):
+        for tactic in offered[i] if offered is not None else tactics_for(layer, target):
             if not tactic.compiles_on_first_call:
                 continue
             described = []
@@ -47,11 +52,14 @@ def jit_candidates(network: Network, target: BuildTarget, point: dict[str, int])
     return jobs
 
 
-def precompile(network: Network, weights, point: dict[str, int], target: BuildTarget, make_input, progress=None) -> tuple[int, list]:
+def precompile(
+    network: Network, weights, point: dict[str, int], target: BuildTarget, make_input, progress=None, offered=None
+) -> tuple[int, list]:
     """Run each distinct Triton candidate once from a thread pool; returns how many ran and (layer, tactic, error) of those that raised.
 
-    `weights` is the build's PreparedWeights; `make_input(desc, run_context)` makes a random activation."""
-    jobs = jit_candidates(network, target, point)
+    `weights` is the build's PreparedWeights; `make_input(desc, run_context)` makes a random activation;
+    `offered` as for jit_candidates."""
+    jobs = jit_candidates(network, target, point, offered)
     if len(jobs) < 2:
         return 0, []
     run = RunContext(point)

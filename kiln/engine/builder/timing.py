@@ -7,7 +7,11 @@ which CUDA-graph replay removes. A tactic that cannot be captured (it syncs with
 timed eagerly instead, and then pays for its overhead, as it would at run time.
 
 The cache maps (GPU, torch version, layer kind, tactic, attrs, input shapes/dtypes/strides)
-to milliseconds, so a rebuild of the same model skips all timing.
+to milliseconds, so a rebuild of the same model skips all timing. It also keeps, per layer
+signature (kind, attrs, precision, input and output descs at each tuning point, the candidate
+names), every candidate's timings at every point: with that entry the builder knows its choice
+before building anything, so a warm rebuild compiles only the chosen kernel of each layer and
+prepares no losing candidate's weights (builder/build.py).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import statistics
 from collections.abc import Callable
 
 import torch
+
+from kiln.engine.ir.symbolic import evaluate_shape
 
 REPS = 5
 ROUNDS = 9
@@ -94,15 +100,21 @@ class TimingCache:
     def __init__(self, path: str | None):
         self.path = path
         self.entries: dict[str, float] = {}
+        # layer signature -> per tuning point, tactic name -> ms (what choose_tactic ranks)
+        self.layers: dict[str, list[dict[str, float]]] = {}
         self.hits = 0
+        self.layer_hits = 0
         if path and os.path.exists(path):
             try:
                 with open(path) as f:
                     data = json.load(f)
                 self.entries = {str(k): float(v) for k, v in data.get("entries", {}).items()}
-            except (OSError, ValueError, AttributeError):
+                self.layers = {
+                    str(k): [{str(t): float(ms) for t, ms in point.items()} for point in v] for k, v in data.get("layers", {}).items()
+                }
+            except (OSError, ValueError, AttributeError, TypeError):
                 # A damaged cache only costs re-timing; never fail a build on it.
-                self.entries = {}
+                self.entries, self.layers = {}, {}
 
     @staticmethod
     def key(kind: str, tactic: str, attrs: dict, inputs: list) -> str:
@@ -119,6 +131,32 @@ class TimingCache:
     def put(self, key: str, ms: float) -> None:
         self.entries[key] = ms
 
+    @staticmethod
+    def layer_key(network, layer, candidates: list, points: list[dict[str, int]]) -> str:
+        """A layer's signature: kind, attrs, precision, each input and output at every tuning point (shape, dtype,
+        layout, constant or not) and the names of the candidates offered, so a new or withdrawn tactic re-times it."""
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+        def described(name):
+            desc = network.tensors.get(name) if name is not None else None
+            if desc is None:
+                return None
+            return [[evaluate_shape(desc.shape, p) for p in points], str(desc.dtype), str(desc.layout), desc.role == "constant"]
+
+        tensors = [[described(n) for n in layer.inputs], [described(n) for n in layer.outputs]]
+        names = [t.name for t in candidates]
+        signature = [device, torch.__version__, layer.kind, layer.attrs, str(layer.precision), tensors, names]
+        return json.dumps(signature, sort_keys=True, default=str)
+
+    def get_layer(self, key: str) -> list[dict[str, float]] | None:
+        value = self.layers.get(key)
+        if value is not None:
+            self.layer_hits += 1
+        return value
+
+    def put_layer(self, key: str, per_point: list[dict[str, float]]) -> None:
+        self.layers[key] = [dict(point) for point in per_point]
+
     def save(self) -> None:
         if not self.path:
             return
@@ -126,5 +164,5 @@ class TimingCache:
         os.makedirs(directory, exist_ok=True)
         tmp = f"{self.path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
-            json.dump({"format": 1, "entries": self.entries}, f)
+            json.dump({"format": 1, "entries": self.entries, "layers": self.layers}, f)
         os.replace(tmp, self.path)
