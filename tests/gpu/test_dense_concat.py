@@ -77,3 +77,30 @@ def test_generated_concat_norm_relu_against_reference_on_gpu(channels_last):
     (got,) = run_generated(program, [*pieces, scale, shift], [torch.half], [None])
     assert got.is_contiguous(memory_format=fmt)
     torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-3)
+
+
+class GhostModule(torch.nn.Module):
+    """GhostNet's join: a 1x1 conv's channels and a depthwise conv of them, concatenated, then read by a conv
+    (not a pointwise group), so the concat layer itself runs: on its generated tactic or torch.cat."""
+
+    def __init__(self, cin=16, half=24):
+        super().__init__()
+        self.primary = torch.nn.Sequential(torch.nn.Conv2d(cin, half, 1, bias=False), torch.nn.BatchNorm2d(half), torch.nn.ReLU())
+        cheap = torch.nn.Conv2d(half, half, 3, padding=1, groups=half, bias=False)
+        self.cheap = torch.nn.Sequential(cheap, torch.nn.BatchNorm2d(half), torch.nn.ReLU())
+        self.down = torch.nn.Conv2d(2 * half, 2 * half, 3, stride=2, padding=1, groups=2 * half)
+
+    def forward(self, x):
+        a = self.primary(x)
+        return self.down(torch.cat([a, self.cheap(a)], 1))
+
+
+def test_ghost_join_is_timed_on_its_generated_tactic_and_matches_eager():
+    torch.manual_seed(0)
+    model = GhostModule().to(CUDA).eval()
+    x = torch.randn(8, 16, 40, 40, device=CUDA).contiguous(memory_format=torch.channels_last)
+    compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1)
+    (step,) = [s for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == "concat"]
+    assert "triton_generated" in step.timings, step.timings
+    with torch.no_grad():
+        assert relative_error(compiled(x), model(x)) < FP16_TOL
