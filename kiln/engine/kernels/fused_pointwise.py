@@ -186,8 +186,10 @@ def _pieces_format(pieces: list[torch.Tensor]) -> torch.memory_format:
 
 
 def _memory_format(template: torch.Tensor, shape) -> torch.memory_format:
-    if len(shape) == 4 and tuple(template.shape) == tuple(shape) and template.is_contiguous(memory_format=torch.channels_last):
-        if not template.is_contiguous():
+    if len(shape) == 4 and tuple(template.shape) == tuple(shape) and not template.is_contiguous():
+        # A channel slice of an NHWC tensor (a split's piece) is NHWC too, though not dense.
+        n, c, h, w = template.stride()
+        if template.is_contiguous(memory_format=torch.channels_last) or c == 1 and c < w <= h <= n:
             return torch.channels_last
     return torch.contiguous_format
 

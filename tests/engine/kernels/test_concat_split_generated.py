@@ -1,10 +1,10 @@
-"""The concat layer's generated tactic against its reference (torch.cat), in Triton's interpreter on a CPU."""
+"""The concat and split layers' generated tactics against their references, in Triton's interpreter on a CPU."""
 
 import pytest
 import torch
 
 from kiln.engine.ir.network import Layer
-from kiln.engine.kernels.concat import concat_generated
+from kiln.engine.kernels.concat_split import concat_generated, split_generated
 from kiln.engine.kernels.registry import RunContext, get_tactic
 
 pytest.importorskip("triton")
@@ -41,3 +41,21 @@ def test_integer_pieces_are_declined_for_the_reference():
     pieces = [torch.arange(6).reshape(2, 3), torch.arange(4).reshape(2, 2)]
     with pytest.raises(ValueError, match="float pieces"):
         both(pieces, 1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dim,sizes", [(1, [3, 5]), (1, [2, 2, 4]), (3, [1, 2])])
+def test_split_pieces_are_exact_and_keep_the_memory_format(channels_last, dim, sizes):
+    torch.manual_seed(2)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 8, 4, 3).half().contiguous(memory_format=fmt).to(DEVICE)
+    layer = Layer("split", "s", ["x"], [f"o{i}" for i in range(len(sizes))], {"dim": dim, "sizes": sizes})
+    got = split_generated(layer, [x], RUN)
+    ref = get_tactic("split", "reference").fn(layer, [x], RUN)
+    assert len(got) == len(ref) == len(sizes)
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape and torch.equal(g.cpu(), r.cpu())
+        if channels_last and dim == 1:
+            assert g.is_contiguous(memory_format=torch.channels_last)
+        else:
+            assert g.is_contiguous() or g.is_contiguous(memory_format=torch.channels_last)
