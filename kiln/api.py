@@ -18,12 +18,14 @@ from kiln.lowering import lower
 from kiln.module import CompiledModule
 from kiln.partition import partition
 from kiln.quantize.block import attach_calibration, record_quantization
+from kiln.report.build_time import stage, timed_build
 from kiln.report.partition_report import PartitionReport
 from kiln.report.sparsity import record_sparsity
 from kiln.settings import CompileSettings, normalize_executed_ops
 from kiln.size_variants import SizeVariants, size_variant_inputs
 
 
+@timed_build
 def compile(
     module: torch.nn.Module | torch.export.ExportedProgram,
     inputs: Sequence | None = None,
@@ -82,7 +84,7 @@ def compile(
 
                 remember_structure(cached, module, settings)
                 return cached
-        with torch.no_grad():
+        with torch.no_grad(), stage("capture"):
             captured = capture(module, arg_inputs, kwarg_inputs, settings)
     except SmallSizeError as exc:
         # The model treats a size below 2 specially: one engine per small size, one for the rest.
@@ -107,6 +109,7 @@ def compile(
     return compiled
 
 
+@timed_build
 def compile_captured(
     captured: CapturedGraph, settings: CompileSettings, module_key: str | None = None
 ) -> CompiledModule | PartitionReport:
@@ -117,8 +120,10 @@ def compile_captured(
         from kiln.engine_cache import compile_with_cache  # loads the engine built before, or builds and stores it
 
         return compile_with_cache(captured, settings, module_key)
-    gm = lower(captured.graph_module)
-    parts = partition(gm, settings)
+    with stage("lowering"):
+        gm = lower(captured.graph_module)
+    with stage("partition"):
+        parts = partition(gm, settings)
     report = PartitionReport(parts.rows, inputs=[f"{s.name}: {s.describe()}" for s in captured.input_specs])
     for name in parts.block_names:
         report.blocks[name] = sum(1 for r in parts.rows if r.block == name)
@@ -127,13 +132,17 @@ def compile_captured(
             print(report.table())
         return report
     gm = parts.graph_module
-    attach_calibration(gm, parts.block_names, captured, settings)
+    with stage("calibration"):
+        attach_calibration(gm, parts.block_names, captured, settings)
     for name in parts.block_names:
         block = getattr(gm, name)
-        network = convert_graph(block, settings.truncate_double)
-        network = optimize_network(network, block, captured, settings)
-        plan = build_plan(network, settings)
-        engine = EngineModule(plan, name)
+        with stage("convert"):
+            network = convert_graph(block, settings.truncate_double)
+        with stage("optimize"):
+            network = optimize_network(network, block, captured, settings)
+        plan = build_plan(network, settings)  # its stages: weights to device, precompile, timing, planning
+        with stage("engine module"):
+            engine = EngineModule(plan, name)
         setattr(gm, name, engine)
         report.layers[name] = [(s.layer.name, s.layer.kind, s.tactic, s.layer.source, s.timings.get(s.tactic)) for s in plan.steps]
         report.record_kernels(name, plan)

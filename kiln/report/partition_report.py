@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from kiln.partition.blocks import NodeRow
+from kiln.report.build_time import build_time_line
 from kiln.report.quantization import quantization_table
 from kiln.report.sparsity import sparsity_table
 from kiln.report.table import format_table
@@ -26,6 +27,8 @@ class PartitionReport:
     quantization: dict[str, dict] = field(default_factory=dict)
     # engine block name -> [plan steps, kernels per forward before fusion, after] (optimize/kernel_count.py)
     kernels: dict[str, list] = field(default_factory=dict)
+    # Seconds the build spent per stage (capture, lowering, ..., precompile, timing), "other" and "total" (report/build_time.py)
+    build_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def engine_ops(self) -> int:
@@ -70,6 +73,10 @@ class PartitionReport:
             return f"{block}: {steps} layers (kernels per forward not counted: built by an older Kiln)"
         return f"{block}: {steps} layers after fusion (kernels per forward: {before} -> {after}; views launch none)"
 
+    def build_time(self) -> str:
+        """Where this build's seconds went, by stage (kept out of table(): a cached engine's report is the one it was built with)."""
+        return build_time_line(self.build_seconds) if self.build_seconds else "Build time: not recorded (built by an older Kiln)"
+
     def table(self) -> str:
         body = format_table(
             ["node", "op", "runs on", "block", "why not engine"], [[r.node, r.op, r.where, r.block, r.reason] for r in self.rows]
@@ -106,6 +113,7 @@ class PartitionReport:
             "warnings": self.warnings,
             "quantization": self.quantization,
             "kernels": self.kernels,
+            "build_seconds": self.build_seconds,
         }
 
     @classmethod
@@ -117,4 +125,5 @@ class PartitionReport:
         report.warnings = [str(w) for w in data.get("warnings", [])]
         report.quantization = dict(data.get("quantization", {}))
         report.kernels = {k: list(v) for k, v in data.get("kernels", {}).items()}
+        report.build_seconds = {str(k): float(v) for k, v in data.get("build_seconds", {}).items()}
         return report

@@ -47,6 +47,7 @@ from kiln.engine.kernels.registry import REFERENCE, BuildTarget, RunContext, Tac
 from kiln.engine.optimize.precision import kept_fp32
 from kiln.engine.plan import Plan, Step
 from kiln.errors import KilnError, KilnWarning, OutOfMemoryError
+from kiln.report.build_time import stage
 from kiln.settings import CompileSettings
 
 PROGRESS_EVERY = 25
@@ -77,7 +78,8 @@ def build_plan(network: Network, settings: CompileSettings, rank: Rank | None = 
     if failure is not None:
         free_build_memory()
         raise OutOfMemoryError(out_of_memory_message(progress.doing, settings.device, failure))
-    return assemble_plan(network, settings, steps, weights)
+    with stage("planning"):
+        return assemble_plan(network, settings, steps, weights)
 
 
 def free_build_memory() -> None:
@@ -118,30 +120,37 @@ def on_device(device: torch.device):
 
 
 def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarget, rank, timer, progress: BuildProgress):
-    weights = PreparedWeights({name: value.to(settings.device) for name, value in network.constants.items()}, dict(network.tensors))
+    with stage("weights to device"):
+        weights = PreparedWeights({name: value.to(settings.device) for name, value in network.constants.items()}, dict(network.tensors))
+        if target.is_cuda:
+            torch.cuda.synchronize(settings.device)  # the copies are asynchronous: their time is this stage's
     started = time.perf_counter()
     steps = []
     if target.is_cuda or timer is not None:
         cache = TimingCache(settings.timing_cache_path)
         tuners = []
         points = tuning_points(network.symbols)
-        offered = [candidates(network, layer, target, points) for layer in network.layers]
-        # A layer whose every candidate the cache has timed at every point is decided before anything is built:
-        # only its choice is compiled and prepared, nothing of it is timed.
-        keys = [TimingCache.layer_key(network, layer, c, points) if len(c) > 1 else None for layer, c in zip(network.layers, offered)]
-        known = [cache.get_layer(k) if k is not None else None for k in keys]
+        with stage("candidates"):
+            offered = [candidates(network, layer, target, points) for layer in network.layers]
+            # A layer whose every candidate the cache has timed at every point is decided before anything is built:
+            # only its choice is compiled and prepared, nothing of it is timed.
+            keys = [TimingCache.layer_key(network, layer, c, points) if len(c) > 1 else None for layer, c in zip(network.layers, offered)]
+            known = [cache.get_layer(k) if k is not None else None for k in keys]
         for point in points:
             progress.doing = f"making random inputs at shape {dict(point) or 'static'}"
             tuners.append(LayerTuner(network, weights, settings, point, cache, progress, timer or time_on_gpu))
         if rank is None:
             progress.doing = "compiling the Triton kernels of every candidate"
-            compile_kernels(network, weights, points, target, settings.debug, kernels_to_compile(offered, known))
-        with cudnn_autotune(), torch.no_grad():
+            with stage("precompile"):
+                compile_kernels(network, weights, points, target, settings.debug, kernels_to_compile(offered, known))
+        # "running layers": the chosen tactics run at every point and weights prepared (first loads of kernels too)
+        with cudnn_autotune(), torch.no_grad(), stage("running layers"):
             for i, layer in enumerate(tqdm(network.layers, desc="kiln: timing tactics", unit="layer", disable=None, leave=False)):
                 if rank is None:
                     per_point = known[i]
                     if per_point is None and keys[i] is not None:
-                        per_point, faulted = time_candidates(tuners, layer, offered[i])
+                        with stage("timing"):
+                            per_point, faulted = time_candidates(tuners, layer, offered[i])
                         if not faulted:  # a fault may be passing: not written into the cache for good
                             cache.put_layer(keys[i], per_point)
                     tactic, timings = choose_tactic(tuners, i, layer, offered[i], per_point)
@@ -162,7 +171,7 @@ def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarg
             )
     else:
         for layer in network.layers:
-            ranked, timings = (rank or rank_reference)(layer, tactics_for(layer, target))
+            ranked, timings = (rank or rank_reference)(layer, tactics_for(layer, target))  # the CPU: nothing runs
             progress.doing = f"preparing the weights of layer {layer.name} ({layer.kind}) for tactic {ranked[0].name!r}"
             steps.append(Step(weights.apply(layer, ranked[0]), ranked[0].name, timings))
     return steps, weights
