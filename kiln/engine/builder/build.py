@@ -154,8 +154,8 @@ def _choose_steps(network: Network, settings: CompileSettings, target: BuildTarg
                         if not faulted:  # a fault may be passing: not written into the cache for good
                             cache.put_layer(keys[i], per_point)
                     tactic, timings = choose_tactic(tuners, i, layer, offered[i], per_point)
-                else:
-                    ranked, timings = rank(layer, offered[i])
+                else:  # a plan being retargeted keeps its saved tactic wherever it applies, pruned from timing or not
+                    ranked, timings = rank(layer, tactics_for(layer, target))
                     tactic = run_first_that_works(tuners, i, layer, ranked)
                 progress.doing = f"preparing the weights of layer {layer.name} ({layer.kind}) for tactic {tactic.name!r}"
                 steps.append(Step(weights.apply(layer, tactic), tactic.name, timings))
