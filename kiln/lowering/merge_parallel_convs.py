@@ -76,14 +76,21 @@ def merge_parallel_convs(gm: GraphModule) -> GraphModule:
 
 
 def _is_sum(node: Node) -> bool:
-    """`a + b` of two tensors of the output's shape and dtype (no broadcast, no alpha)."""
+    """`a + b` of tensors of the output's shape and dtype (no broadcast, no alpha), or `a + 0`.
+
+    MobileOne starts its sum at a Python 0 (`out = 0; out += branch(x)`) and adds `identity_out = 0` where a
+    block has no identity: the zero is no term, and the branch it hides is one of the sum's."""
     if node.op != "call_function" or node.target is not _ADD or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
         return False
     out = node.meta.get("val")
-    if not isinstance(out, torch.Tensor):
+    if not isinstance(out, torch.Tensor) or not any(isinstance(arg, Node) for arg in node.args):
         return False
     for arg in node.args:
-        val = arg.meta.get("val") if isinstance(arg, Node) else None
+        if not isinstance(arg, Node):
+            if not isinstance(arg, (int, float)) or isinstance(arg, bool) or arg != 0:
+                return False
+            continue
+        val = arg.meta.get("val")
         if not isinstance(val, torch.Tensor) or val.dtype != out.dtype or not _same_shape(val, out):
             return False
     return True
@@ -95,12 +102,12 @@ def _same_shape(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _add_tree(root: Node) -> tuple[list[Node], list[Node]]:
     """The adds of the tree under `root` (an add belongs when its only reader is one of them) and its leaves."""
-    adds, leaves, stack = [root], [], list(root.args)
+    adds, leaves, stack = [root], [], [arg for arg in root.args if isinstance(arg, Node)]
     while stack:
         node = stack.pop()
         if _is_sum(node) and len(node.users) == 1 and next(iter(node.users)) in adds:
             adds.append(node)
-            stack += node.args
+            stack += [arg for arg in node.args if isinstance(arg, Node)]
         else:
             leaves.append(node)
     return adds, leaves

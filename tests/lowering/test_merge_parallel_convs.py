@@ -26,8 +26,9 @@ def _with_stats(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
 class RepBlock(nn.Module):
     """timm's RepVGG / MobileOne block as trained: kxk conv + BN branches, an identity BN, summed, then ReLU."""
 
-    def __init__(self, cin=8, cout=8, stride=1, groups=1, kernels=(3, 1), identity=True):
+    def __init__(self, cin=8, cout=8, stride=1, groups=1, kernels=(3, 1), identity=True, from_zero=False):
         super().__init__()
+        self.from_zero = from_zero  # MobileOne's spelling: `out = 0; out += branch(x)`, and `+= 0` for no identity
         self.branches = nn.ModuleList(
             nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), _with_stats(nn.BatchNorm2d(cout)))
             for k in kernels
@@ -35,9 +36,9 @@ class RepBlock(nn.Module):
         self.identity = _with_stats(nn.BatchNorm2d(cout)) if identity else None
 
     def forward(self, x):
-        identity = self.identity(x) if self.identity is not None else None
-        out = self.branches[0](x)
-        for branch in self.branches[1:]:
+        identity = self.identity(x) if self.identity is not None else (0 if self.from_zero else None)
+        out = 0 if self.from_zero else self.branches[0](x)
+        for branch in self.branches if self.from_zero else self.branches[1:]:
             out = out + branch(x)
         if identity is not None:
             out += identity
@@ -77,7 +78,8 @@ def _lowered_counts(model, inputs) -> dict[str, int]:
         (RepBlock(), torch.randn(2, 8, 10, 10)),  # RepVGG: 3x3, 1x1, identity
         (RepBlock(8, 16, stride=2, identity=False), torch.randn(2, 8, 11, 11)),  # RepVGG's downsampling block
         (RepBlock(8, 8, groups=4), torch.randn(2, 8, 9, 9)),  # identity as the per-group diagonal
-        (RepBlock(8, 8, groups=8, kernels=(3, 3, 3, 1)), torch.randn(2, 8, 9, 9)),  # MobileOne's depthwise block
+        (RepBlock(8, 8, groups=8, kernels=(3, 3, 3, 1), from_zero=True), torch.randn(2, 8, 9, 9)),  # MobileOne's depthwise block
+        (RepBlock(8, 16, kernels=(1, 1), identity=False, from_zero=True), torch.randn(2, 8, 9, 9)),  # and its pointwise one
         (RepBlock(8, 8, kernels=(5, 3, 1)), torch.randn(2, 8, 12, 12)),
     ],
 )
