@@ -14,10 +14,11 @@ from kiln.quantize.qdq_graph import rewrite_quantize_dequantize
 
 # PT2E quantize/dequantize pairs become fake-quantize ops before folding could erase their scales. Layer
 # scales fold into weights once fold_constants has turned `gamma.view(1, -1, 1, 1)` into one constant.
-# Parallel conv branches merge once each branch's BatchNorm is in its conv, while weights keep their precision.
+# Parallel conv branches merge once each branch's BatchNorm is in its conv and a layer scale between them is one
+# constant, while the weights keep the model's precision; before fold_channel_scale, which would take one branch's scale.
 LOWERING_PASSES = [
-    remove_identity, rewrite_quantize_dequantize, fold_batch_norm, merge_parallel_convs, canonicalize_views,
-    scalar_to_tensor, fold_constants, fold_channel_scale,
+    remove_identity, rewrite_quantize_dequantize, fold_batch_norm, canonicalize_views, scalar_to_tensor, fold_constants,
+    merge_parallel_convs, fold_channel_scale,
 ]  # fmt: skip
 
 

@@ -17,8 +17,11 @@ read by the tree alone; an inference BatchNorm of x no conv fold took; x itself.
 kernel lands on whole taps of the merged kernel (the padding differences are multiples of the
 dilation), the merged conv's output size is one of theirs for any input size, and an identity branch
 has stride 1 and as many output channels as x has. Leaves of other inputs stay as terms of the sum.
-Runs right after fold_batch_norm, so each branch's norm is already in its conv's weights and the
-constants still have the model's precision; the sum is done in float64 and rounded once.
+The tree may also subtract and scale per channel (FastViT's RepMixer is x + gamma * (mixer(x) - norm(x))):
+each leaf then merges times its factor, and only unscaled leaves may stay outside the merged conv.
+Runs after fold_batch_norm (each branch's norm is in its conv) and fold_constants (a layer scale
+`gamma.view(1, -1, 1, 1)` is one constant), while the constants keep the model's precision; the sum is
+done in float64 and rounded once.
 """
 
 from __future__ import annotations
@@ -39,11 +42,18 @@ _CONV = aten.convolution.default
 _BATCH_NORM = aten._native_batch_norm_legit_no_training.default
 
 
+_SUB = aten.sub.Tensor
+_MUL = aten.mul.Tensor
+_ONE = torch.tensor(1.0, dtype=torch.float64)
+
+
 @dataclass
 class _Branch:
-    """One leaf of a sum: a conv of `source`, or `scale * source + shift` (scale, shift None: source itself)."""
+    """One leaf of a sum, times `coef` (float64, a number or one per channel): a conv of `source`, or
+    `scale * source + shift` (scale, shift None: source itself)."""
 
     leaf: Node
+    coef: torch.Tensor
     source: Node
     conv: Node | None = None
     scale: torch.Tensor | None = None
@@ -55,16 +65,16 @@ def merge_parallel_convs(gm: GraphModule) -> GraphModule:
     order = {n: i for i, n in enumerate(graph.nodes)}
     erased: set[Node] = set()
     for root in reversed(list(graph.nodes)):
-        if root in erased or not _is_sum(root):
+        if root in erased or _linear_parts(gm, root) is None:
             continue
-        adds, leaves = _add_tree(root)
-        branches = [_branch(gm, leaf, adds) for leaf in leaves]
+        adds, leaves = _sum_tree(gm, root)
+        branches = [_branch(gm, leaf, coef, adds) for leaf, coef in leaves]
         groups = _merge_groups(branches)
+        merged = {id(b) for group in groups for b in group}
         if not groups:
             continue
-        merged = {id(b) for group in groups for b in group}
         terms = [_merged_conv(gm, group, root) for group in groups]
-        terms += [b.leaf for b in branches if id(b) not in merged]
+        terms += [_scaled(gm, b, root) for b in branches if id(b) not in merged]
         _write_sum(graph, root, terms)
         dead = set(adds) | {b.leaf for group in groups for b in group}
         dead |= {b.leaf.args[0] for group in groups for b in group if b.conv is None and b.scale is not None}
@@ -75,41 +85,68 @@ def merge_parallel_convs(gm: GraphModule) -> GraphModule:
     return gm
 
 
-def _is_sum(node: Node) -> bool:
-    """`a + b` of tensors of the output's shape and dtype (no broadcast, no alpha), or `a + 0`.
+def _linear_parts(gm: GraphModule, node: Node) -> list[tuple[Node, torch.Tensor]] | None:
+    """The terms a linear node sums, each with its factor: `a + b`, `a - b` (no broadcast, no alpha), `a + 0`,
+    and `a * c` for a constant c per channel (a layer scale); None for any other node.
 
     MobileOne starts its sum at a Python 0 (`out = 0; out += branch(x)`) and adds `identity_out = 0` where a
-    block has no identity: the zero is no term, and the branch it hides is one of the sum's."""
-    if node.op != "call_function" or node.target is not _ADD or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
-        return False
+    block has no identity: the zero is no term, and the branch it hides is one of the sum's. FastViT's RepMixer
+    is `x + gamma * (mixer(x) - norm(x))`, a sum with per-channel factors."""
+    if node.op != "call_function" or node.target not in (_ADD, _SUB, _MUL) or len(node.args) != 2:
+        return None
     out = node.meta.get("val")
-    if not isinstance(out, torch.Tensor) or not any(isinstance(arg, Node) for arg in node.args):
-        return False
-    for arg in node.args:
-        if not isinstance(arg, Node):
-            if not isinstance(arg, (int, float)) or isinstance(arg, bool) or arg != 0:
-                return False
-            continue
-        val = arg.meta.get("val")
-        if not isinstance(val, torch.Tensor) or val.dtype != out.dtype or not _same_shape(val, out):
-            return False
-    return True
+    if not isinstance(out, torch.Tensor) or node.kwargs.get("alpha", 1) != 1 or not out.is_floating_point():
+        return None
+    terms = [arg for arg in node.args if isinstance(arg, Node) and _same_value_kind(arg, out)]
+    if node.target is _MUL:
+        for term, factor in (node.args, node.args[::-1]):
+            if term in terms and (channels := _channel_factor(gm, factor, out)) is not None:
+                return [(term, channels)]
+        return None
+    if len(terms) == 2:
+        return [(terms[0], _ONE), (terms[1], -_ONE if node.target is _SUB else _ONE)]
+    zero = next((arg for arg in node.args if not isinstance(arg, Node)), None)
+    if len(terms) == 1 and node.target is _ADD and type(zero) in (int, float) and zero == 0:
+        return [(terms[0], _ONE)]
+    return None
+
+
+def _same_value_kind(node: Node, out: torch.Tensor) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.dtype == out.dtype and _same_shape(val, out)
+
+
+def _channel_factor(gm: GraphModule, factor, out: torch.Tensor) -> torch.Tensor | None:
+    """A multiplier that is one number, or varies along dim 1 of `out` alone, as float64 (one per channel)."""
+    if type(factor) in (int, float):
+        return torch.tensor(float(factor), dtype=torch.float64)
+    value = constant_of(gm, factor)
+    if value is None or value.dtype != out.dtype or value.dim() > out.dim() or out.dim() < 2:
+        return None
+    if value.numel() == 1:
+        return value.double().reshape(())
+    shape = [1] * (out.dim() - value.dim()) + list(value.shape)
+    if shape[1] != value.numel() or not statically_known_true(out.shape[1] == value.numel()):
+        return None
+    return value.double().reshape(-1)
 
 
 def _same_shape(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dim() == b.dim() and all(statically_known_true(x == y) for x, y in zip(a.shape, b.shape))
 
 
-def _add_tree(root: Node) -> tuple[list[Node], list[Node]]:
-    """The adds of the tree under `root` (an add belongs when its only reader is one of them) and its leaves."""
-    adds, leaves, stack = [root], [], [arg for arg in root.args if isinstance(arg, Node)]
+def _sum_tree(gm: GraphModule, root: Node) -> tuple[list[Node], list[tuple[Node, torch.Tensor]]]:
+    """The linear nodes of the tree under `root` (one belongs when its only reader is one of them) and its leaves,
+    each with the product of the factors on its way to the root."""
+    adds, leaves, stack = [root], [], list(_linear_parts(gm, root))
     while stack:
-        node = stack.pop()
-        if _is_sum(node) and len(node.users) == 1 and next(iter(node.users)) in adds:
-            adds.append(node)
-            stack += [arg for arg in node.args if isinstance(arg, Node)]
-        else:
-            leaves.append(node)
+        node, coef = stack.pop()
+        parts = _linear_parts(gm, node) if len(node.users) == 1 and next(iter(node.users)) in adds else None
+        if parts is None:
+            leaves.append((node, coef))
+            continue
+        adds.append(node)
+        stack += [(term, coef * factor) for term, factor in parts]
     return adds, leaves
 
 
@@ -117,17 +154,17 @@ def _read_only_by(node: Node, adds: list[Node]) -> bool:
     return all(user in adds for user in node.users)
 
 
-def _branch(gm: GraphModule, leaf: Node, adds: list[Node]) -> _Branch:
+def _branch(gm: GraphModule, leaf: Node, coef: torch.Tensor, adds: list[Node]) -> _Branch:
     if _is_conv(gm, leaf) and _read_only_by(leaf, adds):
-        return _Branch(leaf, leaf.args[0], conv=leaf)
+        return _Branch(leaf, coef, leaf.args[0], conv=leaf)
     norm = leaf.args[0] if leaf.target is operator.getitem and leaf.args[1] == 0 else None
     if isinstance(norm, Node) and norm.target is _BATCH_NORM and len(norm.users) == 1 and _read_only_by(leaf, adds):
         gamma, beta, mean, var = (constant_of(gm, a) if a is not None else None for a in norm.args[1:5])
         frozen = all(a is None or constant_of(gm, a) is not None for a in norm.args[1:3])
         if frozen and mean is not None and var is not None:
             scale, shift = batch_norm_scale_shift(gamma, beta, mean, var, norm.args[6])
-            return _Branch(leaf, norm.args[0], scale=scale, shift=shift)
-    return _Branch(leaf, leaf)
+            return _Branch(leaf, coef, norm.args[0], scale=scale, shift=shift)
+    return _Branch(leaf, coef, leaf)
 
 
 def _is_conv(gm: GraphModule, node: Node) -> bool:
@@ -202,16 +239,18 @@ def _merged_conv(gm: GraphModule, group: list[_Branch], root: Node) -> Node:
     bias = None
     channel = torch.arange(out_channels)
     for b, offset in zip(group, offsets):
+        coef = b.coef.reshape(-1)
         if b.conv is not None:
-            w = _weight(b.conv)
-            weight[(slice(None), slice(None), *(slice(o, o + k) for o, k in zip(offset, w.shape[2:])))] += w.double()
+            w = _weight(b.conv).double() * coef.reshape(-1, *[1] * (len(kernel) + 1))
+            weight[(slice(None), slice(None), *(slice(o, o + k) for o, k in zip(offset, w.shape[2:])))] += w
             term = constant_of(gm, b.conv.args[2]) if b.conv.args[2] is not None else None
         else:
             scale = b.scale.double() if b.scale is not None else torch.ones(out_channels, dtype=torch.float64)
-            weight[(channel, channel % in_per_group, *offset)] += scale
+            weight[(channel, channel % in_per_group, *offset)] += scale * coef
             term = b.shift
         if term is not None:
-            bias = term.double() if bias is None else bias + term.double()
+            term = term.double() * coef
+            bias = term if bias is None else bias + term
     name = f"{first.name}_merged"
     w_node = add_constant(gm, weight.to(template.dtype), root, f"{name}_weight")
     b_node = add_constant(gm, bias.to(template.dtype), root, f"{name}_bias") if bias is not None else None
@@ -223,14 +262,27 @@ def _merged_conv(gm: GraphModule, group: list[_Branch], root: Node) -> Node:
     return conv
 
 
+def _scaled(gm: GraphModule, branch: _Branch, root: Node) -> Node:
+    """A leaf that stays in the sum, times the factor it had in the tree."""
+    if bool((branch.coef == 1).all()):
+        return branch.leaf
+    out = root.meta["val"]
+    if branch.coef.numel() == 1:
+        factor = branch.coef.item()
+    else:
+        channels = branch.coef.to(out.dtype).reshape(-1, *[1] * (out.dim() - 2))
+        factor = add_constant(gm, channels, root, f"{root.name}_factor")
+    with gm.graph.inserting_before(root):
+        node = gm.graph.call_function(_MUL, (branch.leaf, factor))
+    node.meta.update(root.meta)
+    return node
+
+
 def _write_sum(graph, root: Node, terms: list[Node]) -> None:
-    """Make `root` compute the sum of `terms` (or stand for the one term there is)."""
-    if len(terms) == 1:
-        root.replace_all_uses_with(terms[0])
-        return
+    """Readers of `root` read the sum of `terms` instead."""
     total = terms[0]
-    for term in terms[1:-1]:
+    for term in terms[1:]:
         with graph.inserting_before(root):
             total = graph.call_function(_ADD, (total, term))
         total.meta.update(root.meta)
-    root.args = (total, terms[-1])
+    root.replace_all_uses_with(total)

@@ -110,6 +110,41 @@ def test_only_the_branches_of_one_input_merge_and_the_rest_stay_in_the_sum():
     check_against_eager(model, x, y, rtol=1e-5)
 
 
+class RepMixer(nn.Module):
+    """FastViT's token mixer as trained: x + gamma * (mixer(x) - norm(x)), mixer a depthwise MobileOne block."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.mixer = RepBlock(c, c, groups=c, kernels=(3, 1), from_zero=True)
+        self.norm = _with_stats(nn.BatchNorm2d(c))
+        self.gamma = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+
+    def forward(self, x):
+        mixed = sum(branch(x) for branch in self.mixer.branches) + self.mixer.identity(x)  # no activation
+        return torch.relu(x + self.gamma * (mixed - self.norm(x)))
+
+
+def test_a_sum_with_differences_and_a_layer_scale_merges():
+    model, x = RepMixer().eval(), torch.randn(2, 8, 9, 9)
+    assert _lowered_counts(model, [x]) == {"convolution": 1, "add": 0, "batch_norm": 0}
+    check_against_eager(model, x, rtol=1e-5)
+
+
+class ScaledOther(Sum):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.gamma = nn.Parameter(torch.rand(8, 1, 1) + 0.5)
+
+    def forward(self, x, y):
+        return self.convs[0](x) + self.gamma * (0.5 * y - self.convs[1](x))
+
+
+def test_terms_of_another_input_stay_in_the_sum_with_their_factors():
+    model, x, y = ScaledOther([(3, 1, 1, 1), (1, 1, 0, 1)]).eval(), torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
+    assert _lowered_counts(model, [x, y])["convolution"] == 1
+    check_against_eager(model, x, y, rtol=1e-5)
+
+
 class ReadElsewhere(Sum):
     def forward(self, x):
         side = self.convs[1](x)
