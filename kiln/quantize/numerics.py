@@ -8,7 +8,8 @@ kernel computes. FP8 (e4m3): per-channel/per-tensor scales to the e4m3 range, va
 torch's float8_e4m3fn cast, products summed in float64 (the GPU accumulates in FP32, close to it).
 
 The epilogue runs in FP32 in one order every kernel follows:
-acc * (w_scale[c] * x_scale) + bias + residual → activation → cast, or requantize to 8 bits.
+acc * (w_scale[c] * x_scale) + bias + residual → activation → cast, or requantize to 8 bits
+(y * reciprocal(out_scale), rounded half to even, + zero point, clamped: `quantize` below).
 """
 
 from __future__ import annotations
@@ -28,9 +29,24 @@ def scale_from_amax(amax: float, qdtype: str) -> float:
     return float(amax) / QMAX[qdtype] if amax > 0 else 1.0
 
 
+def reciprocal(scale):
+    """1 / scale in FP32, rounded once, as PyTorch's quantize ops compute it (`1.0f / scale` in ATen's fake-quantize
+    and quantize_per_tensor kernels; quantized_decomposed's `input * (1.0 / scale)` rounds its float64 quotient to the
+    FP32 tensor's dtype, the same number for an FP32 scale since 53 >= 2 * 24 + 2 makes the double rounding
+    innocuous). A float gives a float, FP32-exact (a kernel argument or literal carries it unchanged); a tensor gives
+    an FP32 tensor."""
+    if isinstance(scale, torch.Tensor):
+        return 1.0 / scale.float()
+    return as_fp32(1.0 / as_fp32(scale))
+
+
 def quantize(x: torch.Tensor, scale, zero_point: int, qdtype: str, qmin: int = INT8_MIN, qmax: int = INT8_MAX) -> torch.Tensor:
-    """x (any float dtype) → 8-bit storage; `scale` a float or a tensor broadcastable to x. Rounds half to even."""
-    scaled = x.float() / scale
+    """x (any float dtype) → 8-bit storage; `scale` a float or a tensor broadcastable to x. Rounds half to even.
+
+    x is multiplied by the FP32 reciprocal of the scale, never divided by it: PyTorch's fake-quantize and
+    quantize ops do so (a QAT or PT2E graph's own numbers are these), and a kernel's epilogue pays one FP32
+    multiply per element where an IEEE division costs about ten instructions."""
+    scaled = x.float() * reciprocal(scale)
     if qdtype == "fp8":
         return scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return (torch.round(scaled) + zero_point).clamp(qmin, qmax).to(torch.int8)

@@ -1,11 +1,12 @@
 """The reference tactics of the 8-bit layers compute the integer arithmetic exactly."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from kiln.engine.ir.network import Layer
 from kiln.engine.kernels.registry import RunContext, get_tactic
-from kiln.quantize.numerics import FP8_MAX, per_channel_weight, quantize
+from kiln.quantize.numerics import FP8_MAX, dequantize, per_channel_weight, quantize, reciprocal
 
 RUN = RunContext({})
 
@@ -55,7 +56,8 @@ def test_qconv_epilogue_residual_activation_and_requantize():
     acc = _int_conv(x_q, w_q, 3, 1, 1, 1).float()
     y = torch.relu(acc * (torch.tensor(0.01) * torch.tensor(0.05)) + residual)
     assert out.dtype == torch.int8
-    assert torch.equal(out, torch.clamp(torch.round(y / 0.1), -128, 127).to(torch.int8))
+    inv_scale = 1 / torch.tensor(0.1)  # FP32: requantizing multiplies by the reciprocal, as PyTorch's quantize ops do
+    assert torch.equal(out, torch.clamp(torch.round(y * inv_scale), -128, 127).to(torch.int8))
 
 
 def test_qlinear_reference_large_k_is_exact():
@@ -95,3 +97,47 @@ def test_qconv_reference_long_reduction_is_exact():
     assert acc.abs().max() > 2**24
     expected = acc.float() * (scale * torch.tensor(0.05, dtype=torch.float32)).view(1, -1, 1, 1)
     assert torch.equal(out, expected)
+
+
+def near_ties(scale: float) -> torch.Tensor:
+    """FP32 values at and one ulp either side of (k + 1/2) * scale: where x / scale and x * (1 / scale) round to
+    different integers for some k (the two spellings disagree on about one value in ten here)."""
+    base = (torch.arange(-140, 140, dtype=torch.float32) + 0.5) * torch.tensor(scale)
+    return torch.cat([torch.nextafter(base, base + 1), base, torch.nextafter(base, base - 1), torch.randn(500) * 100 * scale])
+
+
+@pytest.mark.parametrize("scale, zero_point", [(0.1, 0), (0.03, 5), (0.007, -9), (1 / 3, 0)])
+def test_quantize_is_pytorchs_own_arithmetic(scale, zero_point):
+    """QAT and PT2E graphs compile to these numbers: quantize must give exactly what torch's fake-quantize and
+    quantized_decomposed ops give (x times the FP32 reciprocal of the scale), not an IEEE division."""
+    from torch.ao.quantization.fx import _decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
+
+    torch.manual_seed(7)
+    x = near_ties(scale)
+    q = quantize(x, scale, zero_point, "int8", -128, 127)
+    # ATen's fake-quantize rounds a float64 scale to FP32 first, as Kiln does.
+    fake = torch.fake_quantize_per_tensor_affine(x, scale, zero_point, -128, 127)
+    assert torch.equal(dequantize(q, float(torch.tensor(scale)), zero_point), fake)
+    # quantized_decomposed takes 1 / scale in float64: the same FP32 number for the FP32 scales a PT2E graph carries
+    # (its observers' scales are FP32 tensors).
+    scale32 = float(torch.tensor(scale))
+    decomposed = torch.ops.quantized_decomposed.quantize_per_tensor(x, scale32, zero_point, -128, 127, torch.int8)
+    assert torch.equal(quantize(x, scale32, zero_point, "int8", -128, 127), decomposed)
+    divided = (torch.round(x / torch.tensor(scale)) + zero_point).clamp(-128, 127).to(torch.int8)
+    assert scale == 1 / 3 or not torch.equal(q, divided), "the values should tell the two spellings apart"
+
+
+def test_per_channel_quantize_is_pytorchs_own_arithmetic():
+    torch.manual_seed(8)
+    scales = torch.tensor([0.1, 0.03, 0.007])
+    x = torch.stack([near_ties(float(s))[:1200] for s in scales])
+    q = quantize(x, scales.view(-1, 1), 0, "int8", -127, 127)
+    fake = torch.fake_quantize_per_channel_affine(x, scales, torch.zeros(3, dtype=torch.int32), 0, -127, 127)
+    assert torch.equal(q.float() * scales.view(-1, 1), fake)
+
+
+def test_reciprocal_is_one_fp32_rounding_computed_once():
+    for scale in (0.1, 0.03, 1 / 3, 7e-3, 2.5e-5, 448.0):
+        s32 = torch.tensor(scale, dtype=torch.float32)
+        assert reciprocal(scale) == float(1 / s32)  # a Python float, FP32-exact: a kernel argument carries it unchanged
+        assert torch.equal(reciprocal(s32.view(1)), 1 / s32.view(1))

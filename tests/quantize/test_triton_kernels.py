@@ -35,13 +35,18 @@ def _int8(*shape, low=-128):
         {"activation": "silu", "residual": True},
         {"out_dtype": "int8", "out_scale": 0.05, "out_zero_point": 0},
         {"x_zero_point": -3, "out_dtype": "int8", "out_scale": 0.1, "out_zero_point": 4, "activation": "relu"},
+        # an 8-bit residual (a block's requantized output) with and without a zero point
+        {"residual": True, "res_scale": 0.04, "res_zero_point": 3, "activation": "relu"},
+        {"residual": True, "res_scale": 0.04, "out_dtype": "int8", "out_scale": 0.07, "out_zero_point": -5},
     ],
 )
 def test_qlinear_kernel_matches_reference(extra):
     torch.manual_seed(0)
     x, w = _int8(3, 13, 40), _int8(24, 40, low=-127)
     bias, w_scale = torch.randn(24), torch.rand(24) * 0.01 + 1e-3
-    residual = torch.randn(3, 13, 24) if extra.get("residual") else None
+    residual = None
+    if extra.get("residual"):
+        residual = _int8(3, 13, 24) if "res_scale" in extra else torch.randn(3, 13, 24)
     layer = Layer("qlinear", "q", ["x", "w", "b", "r" if residual is not None else None, "s"], ["y"], _attrs(**extra))
     ref = get_tactic("qlinear", "reference").fn(layer, [x, w, bias, residual, w_scale], RUN)
     w_kn = weight_n_by_k(layer, {"w": w})["w"]
@@ -52,6 +57,25 @@ def test_qlinear_kernel_matches_reference(extra):
         assert (out.int() - ref.int()).abs().max() <= 1 and (out != ref).float().mean() < 0.01
     else:
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("out_zero_point", [0, 3])
+def test_requantizing_tail_is_the_references_arithmetic_bit_for_bit(out_zero_point):
+    """x = 0 makes the GEMM's output the bias itself (0 * scale + bias is exact, contracted or not), so the tail's
+    requantize of values at and beside rounding ties (near_ties) must give the reference's integers exactly: the
+    reciprocal multiply, the rounding half to even, an odd zero point added after it, the clamp."""
+    from tests.quantize.test_numerics import near_ties
+
+    torch.manual_seed(9)
+    bias = near_ties(0.1)[:600]
+    n = bias.numel()
+    x, w = torch.zeros(2, 32, dtype=torch.int8), _int8(n, 32, low=-127)
+    attrs = _attrs(out_dtype="int8", out_scale=0.1, out_zero_point=out_zero_point)
+    layer = Layer("qlinear", "q", ["x", "w", "b", None, "s"], ["y"], attrs)
+    w_scale = torch.rand(n) * 0.01 + 1e-3
+    ref = get_tactic("qlinear", "reference").fn(layer, [x, w, bias, None, w_scale], RUN)
+    out = qlinear_triton((16, 128, 32, 4, 1))(layer, [x, weight_n_by_k(layer, {"w": w})["w"], bias, None, w_scale], RUN)
+    assert torch.equal(out, ref)
 
 
 def test_qmatmul_kernel_batched_on_a_transposed_operand():
@@ -118,6 +142,22 @@ def test_quantize_kernel_matches_reference_and_keeps_the_memory_order(memory_for
     out = quantize_triton(layer, [x], RUN)
     assert torch.equal(out, ref)
     assert out.is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize("scale, zero_point", [(0.1, 0), (0.03, 5), (0.007, -9)])
+def test_quantize_kernels_round_near_ties_as_pytorch_does(scale, zero_point):
+    """Both quantize tactics (the kernel, the generated one-op program) give the reference's integers exactly on
+    values where dividing by the scale and multiplying by its reciprocal round apart."""
+    from kiln.engine.kernels.triton_quantize import quantize_generated, quantize_triton
+    from tests.quantize.test_numerics import near_ties
+
+    torch.manual_seed(10)
+    x = near_ties(scale).view(4, -1)
+    attrs = {"scale": scale, "zero_point": zero_point, "qmin": -128, "qmax": 127, "qdtype": "int8", "dtype": "int8"}
+    layer = Layer("quantize", "q", ["x"], ["y"], attrs)
+    ref = get_tactic("quantize", "reference").fn(layer, [x], RUN)
+    assert torch.equal(quantize_triton(layer, [x], RUN), ref)
+    assert torch.equal(quantize_generated(layer, [x], RUN), ref)
 
 
 @pytest.mark.parametrize(

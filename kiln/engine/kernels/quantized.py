@@ -20,7 +20,7 @@ import torch
 
 from kiln.engine.kernels.pointwise import UNARY_OPS
 from kiln.engine.kernels.registry import reference
-from kiln.quantize.numerics import FP8_MAX, FP32_EXACT_K, accumulation_dtype, as_fp32, finish, integer_values, quantize
+from kiln.quantize.numerics import FP32_EXACT_K, accumulation_dtype, finish, integer_values, quantize, reciprocal
 
 
 def apply_activation(name: str, y: torch.Tensor, attrs: dict) -> torch.Tensor:
@@ -33,24 +33,47 @@ def quantize_reference(layer, inputs, run):
     return quantize(inputs[0], a["scale"], a.get("zero_point", 0), a["qdtype"], a.get("qmin", -128), a.get("qmax", 127))
 
 
-def quantize_text(x: str, scale: str, zero_point: str, qmin: str, qmax: str, fp8: bool) -> str:
-    """The quantize arithmetic as a Triton expression over the FP32 value `x` (the other arguments are expressions
-    too: literals or a kernel's arguments), exactly the reference's: an IEEE division by the FP32 scale rounded to
-    nearest; for int8 rint (half to even), + zero point, the clamp (the store's cast to int8 is then exact); for
-    e4m3 the ±448 clamp, the store's cast rounding to e4m3 as torch's .to(float8_e4m3fn) does.
+# 1.5 * 2^23. Added to an FP32 value of magnitude below 2^22, the sum lies where FP32's spacing is 1, so the addition
+# rounds the value to an integer half to even (the constant is even: a tie goes to an even rint), and that integer
+# is the sum's low mantissa bits. The constant's low byte is 0, so the int8 store's truncation of the sum's bits
+# keeps rint(value) itself: one FP32 add where rint, a float-to-int conversion and its range check were three.
+ROUND_HALF_EVEN = 12582912.0
+
+
+def quantize_text(x: str, inv_scale: str, zero_point: str, qmin: str, qmax: str, fp8: bool) -> str:
+    """The quantize arithmetic as a Triton expression over the FP32 value `x`, giving the value to store (tl.int8 or
+    tl.float8e4nv); the other arguments are expressions too (literals or a kernel's arguments), `inv_scale` the
+    FP32 reciprocal of the scale that numerics.reciprocal computed once on the host. Exactly the reference's
+    (numerics.quantize): x * inv_scale; for int8 rint (half to even), + zero point, the clamp; for e4m3 the ±448
+    clamp, then the cast rounding to e4m3 as torch's .to(float8_e4m3fn) does.
+
+    For e4m3 the clamp is the cast's own: Triton converts FP32 to e4m3 with cvt.rn.satfinite (sm_89+), which rounds
+    to nearest even and takes anything past ±448 to ±448, what the reference's clamp then cast gives (a NaN stays
+    NaN, as in the reference). Two FP32 ops per element saved; tests/quantize/test_triton_quantized_compile.py
+    fails if a Triton release converts otherwise.
+
+    For int8 the clamp comes first, to [qmin - zero point, qmax - zero point]: integer bounds, so clamping before
+    rounding gives what rounding before clamping gives, and the clamped value is small enough for ROUND_HALF_EVEN.
+    The zero point is added to the rounded integer's bits (an integer add; none for a literal "0"), after the
+    rounding: added to the float before it, an odd zero point would move which way ties go.
     Every kernel that writes 8 bits takes its arithmetic from here."""
-    scaled = f"tl.math.div_rn({x}, {scale})"
+    scaled = f"({x} * {inv_scale})"
     if fp8:
-        return f"tl.minimum(tl.maximum({scaled}, {-FP8_MAX!r}), {FP8_MAX!r})"
-    return f"tl.minimum(tl.maximum(libdevice.rint({scaled}) + {zero_point}, {qmin}), {qmax})"
+        return f"{scaled}.to(tl.float8e4nv)"
+    if zero_point == "0":
+        low, high, shift = qmin, qmax, ""
+    else:
+        low, high, shift = f"({qmin} - {zero_point})", f"({qmax} - {zero_point})", f" + {zero_point}"
+    clamped = f"tl.minimum(tl.maximum({scaled}, {low}), {high})"
+    return f"(({clamped} + {ROUND_HALF_EVEN!r}).to(tl.int32, bitcast=True){shift}).to(tl.int8)"
 
 
 def quantize_triton_op(x: str, attrs: dict) -> str:
     """A `quantize` layer as an op of generated kernels (codegen/program.py): its parameters become literals, the
-    scale rounded to FP32 first as the reference's division rounds it."""
+    scale's FP32 reciprocal computed here, once, as the reference computes it."""
     a = attrs
-    bounds = (float(a.get("zero_point", 0)), float(a.get("qmin", -128)), float(a.get("qmax", 127)))
-    return quantize_text(x, repr(as_fp32(a["scale"])), *map(repr, bounds), fp8=a["qdtype"] == "fp8")
+    bounds = (float(a.get("qmin", -128)), float(a.get("qmax", 127)))
+    return quantize_text(x, repr(reciprocal(a["scale"])), repr(int(a.get("zero_point", 0))), *map(repr, bounds), fp8=a["qdtype"] == "fp8")
 
 
 def conv_accumulator(x: torch.Tensor, w: torch.Tensor, attrs: dict) -> torch.Tensor:

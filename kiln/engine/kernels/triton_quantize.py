@@ -2,9 +2,9 @@
 
 The reference is five element-wise PyTorch kernels (divide, round, add, clamp, cast), each a
 trip through memory; here one read and one 1-byte write. The output keeps the input's strides
-(NHWC stays NHWC for the next implicit-GEMM conv). Rounding as the reference: an IEEE division
-rounded to nearest, then rint (half to even): the text of kernels/quantized.quantize_text, which every
-kernel writing 8 bits shares.
+(NHWC stays NHWC for the next implicit-GEMM conv). Rounding as the reference: a multiply by the FP32
+reciprocal of the scale (computed once here, on the host), then rint (half to even): the text of
+kernels/quantized.quantize_text, which every kernel writing 8 bits shares.
 
 A second tactic runs the quantize as a one-op program of the generated pointwise kernel
 (kernels/fused_pointwise.py), which reads its input through its strides: the attention output
@@ -23,23 +23,23 @@ from kiln.engine.kernels.quantized import quantize_text
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import MODULE_HEADER, triton
 from kiln.engine.runtime.executor import arena_output
-from kiln.quantize.numerics import STORAGE
+from kiln.quantize.numerics import STORAGE, reciprocal
 
 SOURCE = (
     MODULE_HEADER
     + """
 @triton.jit(do_not_specialize=["numel"])
-def quantize_kernel(x_ptr, q_ptr, numel, scale, zp, qmin, qmax, FP8: tl.constexpr, BLOCK: tl.constexpr):
+def quantize_kernel(x_ptr, q_ptr, numel, inv_scale, zp, qmin, qmax, FP8: tl.constexpr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < numel
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if FP8:
-        tl.store(q_ptr + offsets, (FP8_VALUE).to(tl.float8e4nv), mask=mask)
+        tl.store(q_ptr + offsets, FP8_VALUE, mask=mask)
     else:
-        tl.store(q_ptr + offsets, (INT8_VALUE).to(tl.int8), mask=mask)
+        tl.store(q_ptr + offsets, INT8_VALUE, mask=mask)
 """
-).replace("FP8_VALUE", quantize_text("x", "scale", "zp", "qmin", "qmax", fp8=True))
-SOURCE = SOURCE.replace("INT8_VALUE", quantize_text("x", "scale", "zp", "qmin", "qmax", fp8=False))
+).replace("FP8_VALUE", quantize_text("x", "inv_scale", "zp", "qmin", "qmax", fp8=True))
+SOURCE = SOURCE.replace("INT8_VALUE", quantize_text("x", "inv_scale", "zp", "qmin", "qmax", fp8=False))
 BLOCK = 1024
 
 
@@ -57,7 +57,7 @@ def quantize_triton(layer, inputs, run):
     numel = x.numel()
     kernel = load_kernel(SOURCE, "quantize_kernel")
     kernel[(triton.cdiv(numel, BLOCK),)](
-        x, out, numel, float(a["scale"]), float(a.get("zero_point", 0)), float(a.get("qmin", -128)), float(a.get("qmax", 127)),
+        x, out, numel, reciprocal(a["scale"]), int(a.get("zero_point", 0)), float(a.get("qmin", -128)), float(a.get("qmax", 127)),
         FP8=fp8, BLOCK=BLOCK,
     )  # fmt: skip
     return out

@@ -6,6 +6,13 @@ The tail runs on the FP32 tile before the single write, in the order of the refe
 epilogue (residual add, activation: triton_epilogue.load_template fills `{epilogue}` from the op
 vocabulary), then either a cast to the output dtype or a requantization to int8/e4m3 with the
 readers' scale (kernels/quantized.quantize_text, the arithmetic every 8-bit writer shares).
+
+Per output element the tail is what the arithmetic needs and no more: the requantize multiplies by the FP32
+reciprocal of the readers' scale, computed once on the host (numerics.reciprocal), where an IEEE division was
+about ten instructions; its rounding is one FP32 add (quantized.ROUND_HALF_EVEN); a zero point is a compile-time
+constant (OUT_ZP), so the usual 0 costs nothing; a float residual is loaded as it is, only an 8-bit one is
+dequantized. The large FC1-style epilogues run after the main loop, not overlapped with it, so each FP32
+instruction per element is paid in full (benchmarks/kernel_sweep.py qepi times them).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import torch
 from kiln.engine.ir.dtypes import dtype_from_name
 from kiln.engine.kernels.quantized import quantize_text
 from kiln.engine.kernels.triton_epilogue import fusable_activation, triton
+from kiln.quantize.numerics import reciprocal
 
 # Tile configurations (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); each is its own tactic,
 # timed per layer by the builder. From the H100 sweep (benchmarks/kernel_sweep.py qgemm): 128x128x64
@@ -38,16 +46,25 @@ EPILOGUE_TAIL = """
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     {epilogue}
     if OUT_MODE == 1:
-        tl.store(c_ptr + offsets, (INT8_VALUE).to(tl.int8), mask=mask)
+        tl.store(c_ptr + offsets, INT8_VALUE, mask=mask)
     elif OUT_MODE == 2:
-        tl.store(c_ptr + offsets, (FP8_VALUE).to(tl.float8e4nv), mask=mask)
+        tl.store(c_ptr + offsets, FP8_VALUE, mask=mask)
     else:
         tl.store(c_ptr + offsets, acc.to(c_ptr.dtype.element_ty), mask=mask)
-""".replace("INT8_VALUE", quantize_text("acc", "out_scale", "out_zp", "out_qmin", "out_qmax", fp8=False))
-EPILOGUE_TAIL = EPILOGUE_TAIL.replace("FP8_VALUE", quantize_text("acc", "out_scale", "out_zp", "out_qmin", "out_qmax", fp8=True))
-# An 8-bit residual (a block's requantized output, placement._requantize_outputs) is dequantized here;
-# a float one has res_zp 0 and res_scale 1, exact.
-RESIDUAL_LOAD = "((tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32) - res_zp) * res_scale)"
+""".replace("INT8_VALUE", quantize_text("acc", "out_inv_scale", "OUT_ZP", "out_qmin", "out_qmax", fp8=False))
+EPILOGUE_TAIL = EPILOGUE_TAIL.replace("FP8_VALUE", quantize_text("acc", "out_inv_scale", "OUT_ZP", "out_qmin", "out_qmax", fp8=True))
+
+
+def residual_load(attrs: dict) -> str:
+    """The residual tile in FP32. A float residual is loaded as it is; an 8-bit one (a block's requantized output,
+    placement._requantize_outputs) is dequantized as the reference does, (q - zero point) * scale, the subtraction
+    written only for a nonzero zero point (q - 0 is q): per element, no op the arithmetic does not need."""
+    load = "tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)"
+    if "res_scale" not in attrs:
+        return load
+    if attrs.get("res_zero_point", 0) != 0:
+        load = f"({load} - res_zp)"
+    return f"({load} * res_scale)"
 
 
 def output_mode(attrs: dict) -> int:
@@ -60,8 +77,7 @@ def epilogue_args(layer, w_scale: torch.Tensor, bias, residual) -> dict:
     return dict(
         x_scale=float(a["x_scale"]),
         x_zp=int(a.get("x_zero_point", 0)),
-        out_scale=float(a.get("out_scale", 1.0)),
-        out_zp=float(a.get("out_zero_point", 0)),
+        out_inv_scale=reciprocal(a.get("out_scale", 1.0)),
         out_qmin=float(a.get("out_qmin", -128)),
         out_qmax=float(a.get("out_qmax", 127)),
         res_scale=float(a.get("res_scale", 1.0)),
@@ -70,6 +86,7 @@ def epilogue_args(layer, w_scale: torch.Tensor, bias, residual) -> dict:
         PER_CHANNEL=w_scale.numel() > 1,
         HAS_BIAS=bias is not None,
         OUT_MODE=output_mode(a),
+        OUT_ZP=int(a.get("out_zero_point", 0)),
     )
 
 

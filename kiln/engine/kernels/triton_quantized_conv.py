@@ -20,12 +20,12 @@ from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows
 from kiln.engine.kernels.triton_quantized_common import (
     EPILOGUE_TAIL,
-    RESIDUAL_LOAD,
     TILE_CONFIGS,
     accumulator_type,
     applies,
     epilogue_args,
     output_dtype,
+    residual_load,
 )
 from kiln.engine.kernels.triton_quantized_gemm import is_pointwise_qconv
 
@@ -36,8 +36,8 @@ TEMPLATE = (
 def qconv_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, res_ptr, c_ptr, M, N, K,
     H, W, C, OH, OW, SH, SW, PH, PW, DH, DW, KH, KW,
-    x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax, res_scale, res_zp,
-    HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
+    x_scale, x_zp, out_inv_scale, out_qmin, out_qmax, res_scale, res_zp,
+    HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr, OUT_ZP: tl.constexpr,
     TAP_LOOP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WIDE_INDEX: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -84,7 +84,7 @@ def qconv_nhwc(layer, x: torch.Tensor, w_taps: torch.Tensor, bias, residual, w_s
     block_m, block_n, block_k, warps, stages = config
     grid = (tile_count(m, cout, block_m, block_n),)
     source = TEMPLATE.replace("ACC_TYPE", accumulator_type(a["qdtype"]))
-    kernel = load_template(source, "qconv_kernel", a, RESIDUAL_LOAD if res is not None else None)
+    kernel = load_template(source, "qconv_kernel", a, residual_load(a) if res is not None else None)
     kernel[grid](
         x_nhwc, w_taps, w_scale, bias if bias is not None else w_scale, res if res is not None else out, out, m, cout, k,
         h, w, c, oh, ow, sh, sw, ph, pw, dh, dw, kh, kw,

@@ -15,7 +15,7 @@ from kiln.engine.kernels.codegen.implicit_gemm import output_size
 from kiln.engine.kernels.codegen.tiles import index_range, wide_index
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows, triton
-from kiln.engine.kernels.triton_quantized_common import EPILOGUE_TAIL, RESIDUAL_LOAD, accumulator_type, applies, epilogue_args, output_dtype
+from kiln.engine.kernels.triton_quantized_common import EPILOGUE_TAIL, accumulator_type, applies, epilogue_args, output_dtype, residual_load
 
 TEMPLATE = (
     """
@@ -23,8 +23,8 @@ TEMPLATE = (
 def qdepthwise_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, res_ptr, c_ptr, M, N,
     H, W, OH, OW, SH, SW, PH, PW, DH, DW, KH, KW,
-    x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax, res_scale, res_zp,
-    HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
+    x_scale, x_zp, out_inv_scale, out_qmin, out_qmax, res_scale, res_zp,
+    HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr, OUT_ZP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE_INDEX: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -82,7 +82,7 @@ def qdepthwise_triton(config):
         res = nhwc_rows(residual) if residual is not None else None
         m = n * oh * ow
         source = TEMPLATE.replace("ACC_TYPE", accumulator_type(a["qdtype"]))
-        kernel = load_template(source, "qdepthwise_kernel", a, RESIDUAL_LOAD if res is not None else None)
+        kernel = load_template(source, "qdepthwise_kernel", a, residual_load(a) if res is not None else None)
         grid = (triton.cdiv(m, block_m), triton.cdiv(c, block_n))
         kernel[grid](
             x.contiguous(memory_format=torch.channels_last), w_taps, w_scale, bias if bias is not None else w_scale,

@@ -16,12 +16,12 @@ from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import load_template, nhwc_rows
 from kiln.engine.kernels.triton_quantized_common import (
     EPILOGUE_TAIL,
-    RESIDUAL_LOAD,
     TILE_CONFIGS,
     accumulator_type,
     applies,
     epilogue_args,
     output_dtype,
+    residual_load,
 )
 
 # M grows with the batch: no specialisation on it, so a ranged engine's new shape only launches.
@@ -32,8 +32,8 @@ TEMPLATE = (
 def qgemm_kernel(
     a_ptr, b_ptr, scale_ptr, bias_ptr, res_ptr, c_ptr, M, N, K,
     s_ab, s_am, s_ak, s_bb, s_bk, s_bn,
-    x_scale, x_zp, out_scale, out_zp, out_qmin, out_qmax, res_scale, res_zp,
-    HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr,
+    x_scale, x_zp, out_inv_scale, out_qmin, out_qmax, res_scale, res_zp,
+    HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr, OUT_ZP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WIDE_INDEX: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -68,7 +68,7 @@ ROW_RANGE
 
 def kernel_for(layer, residual: bool):
     source = TEMPLATE.replace("ACC_TYPE", accumulator_type(layer.attrs["qdtype"]))
-    return load_template(source, "qgemm_kernel", layer.attrs, RESIDUAL_LOAD if residual else None)
+    return load_template(source, "qgemm_kernel", layer.attrs, residual_load(layer.attrs) if residual else None)
 
 
 def qgemm(layer, a3: torch.Tensor, b3: torch.Tensor, w_scale, bias, residual, config, out: torch.Tensor | None = None):
