@@ -6,6 +6,7 @@
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py qgemm   # INT8 / FP8 GEMMs (BERT-base, resnet50 1x1) against cuBLAS
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py dwln    # ConvNeXt-T's 7x7 depthwise + LayerNorm: fused vs the pair
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py conv    # cspresnet50/resnet50 3x3 and stem convs + leaky_relu: implicit GEMM vs cuDNN
+    PYTHONPATH=. python3 benchmarks/kernel_sweep.py qepi    # INT8/FP8 GEMM epilogues at BERT-base FC1/FC2 through the qlinear tactics
 
 Each printed line is one shape as JSON: the library's time, then each config's, in microseconds of GPU
 time per call replayed from a CUDA graph (builder/timing.time_in_graph), or the error it hit. This is how
@@ -229,6 +230,154 @@ def sweep_conv() -> None:
         print(json.dumps(row), flush=True)
 
 
+# name, M, K, N: BERT-base b32 x 128 tokens, FC1 (768 -> 3072, GELU after it) and FC2 (3072 -> 768, residual after it)
+QEPI = [("bert_b32_fc1", 4096, 768, 3072), ("bert_b32_fc2", 4096, 3072, 768)]
+# Each epilogue as the qlinear layer's inputs and attrs carry it (what quantize/placement.py makes).
+QEPI_EPILOGUES = {
+    "none": {},
+    "bias": {"bias": True},
+    "bias_gelu": {"bias": True, "activation": "gelu"},
+    "bias_gelu_requant": {"bias": True, "activation": "gelu", "requantize": True},
+    "bias_residual": {"bias": True, "residual": True},
+}
+
+
+def qepi_operands(qdtype: str, m: int, k: int, n: int, device: str = "cuda") -> dict:
+    """A BERT-like FC layer quantized as Kiln's calibration would (per-tensor activation scale, per-channel weight
+    scales from quantize/numerics), with FP16 bias and residual, and the FP16 operands cuBLAS gets."""
+    from kiln.quantize.numerics import per_channel_weight, quantize, scale_from_amax
+
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(m, k, device=device, generator=g)
+    w = torch.randn(n, k, device=device, generator=g) / k**0.5
+    bias = (torch.randn(n, device=device, generator=g) * 0.1).half()
+    residual = torch.randn(m, n, device=device, generator=g).half()
+    x_scale = scale_from_amax(x.abs().max().item(), qdtype)
+    w_q, w_scales = per_channel_weight(w, 0, qdtype)
+    out_scale = scale_from_amax(F.gelu(F.linear(x, w, bias.float())).abs().max().item(), qdtype)
+    return {
+        "x_q": quantize(x, x_scale, 0, qdtype), "w_q": w_q, "w_scale": torch.tensor(w_scales, device=device),
+        "bias": bias, "residual": residual, "x_scale": x_scale, "out_scale": out_scale,
+        "x16": x.half(), "w16": w.half(),
+    }  # fmt: skip
+
+
+def qepi_layer(qdtype: str, epilogue: dict, ops: dict):
+    """The qlinear layer and its input tensors, as the engine's plan holds them."""
+    from kiln.engine.ir.network import Layer
+
+    attrs = {"qdtype": qdtype, "x_scale": ops["x_scale"], "x_zero_point": 0, "activation": epilogue.get("activation")}
+    attrs.update(activation_attrs={"approximate": "none"} if "activation" in epilogue else {}, residual=bool(epilogue.get("residual")))
+    attrs.update(out_dtype="float16", dtype="float16")
+    if epilogue.get("requantize"):
+        storage = "int8" if qdtype == "int8" else "float8_e4m3fn"
+        attrs.update(out_dtype=storage, dtype=storage, out_scale=ops["out_scale"], out_zero_point=0, out_qmin=-128, out_qmax=127)
+    bias = ops["bias"] if epilogue.get("bias") else None
+    residual = ops["residual"] if epilogue.get("residual") else None
+    names = ["x", "w", "b" if bias is not None else None, "r" if residual is not None else None, "s"]
+    return Layer("qlinear", "fc", names, ["y"], attrs), [ops["x_q"], ops["w_q"], bias, residual, ops["w_scale"]]
+
+
+def check_qepi(out: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    """Loud, not a row entry: a wrong kernel here means a wrong engine. FP16 outputs within FP16 rounding of the exact
+    reference; 8-bit outputs the same values except one step apart on under 2% (FP32 contraction in the kernel)."""
+    if out.dtype != ref.dtype or out.shape != ref.shape:
+        raise SystemExit(f"qepi {what}: kernel gave {out.dtype} {tuple(out.shape)}, reference {ref.dtype} {tuple(ref.shape)}")
+    o, r = out.float(), ref.float()
+    if ref.dtype == torch.float16:
+        err = ((o - r).abs().max() / r.abs().max()).item()
+        if not err < 2e-3:
+            raise SystemExit(f"qepi {what}: max error {err:.3g} of the output's range against the reference tactic")
+        return
+    if ref.dtype == torch.int8:
+        step = torch.ones_like(r)
+    else:  # one e4m3 step at the larger magnitude: 2^(exponent - 3), 2^-9 below the normal range
+        step = torch.exp2(torch.floor(torch.log2(torch.maximum(o.abs(), r.abs()).clamp_min(2.0**-6))) - 3)
+    far, differ = ((o - r).abs() > step).sum().item(), (o != r).float().mean().item()
+    if far or differ >= 0.02:
+        raise SystemExit(f"qepi {what}: {far} values more than one 8-bit step from the reference, {differ:.2%} differ")
+
+
+def qepi_calls(qdtype: str, ops: dict) -> dict:
+    """(epilogue, config label) -> (layer, inputs, call): each registered qlinear tactic on its own prepared weight,
+    called as the engine calls it."""
+    from kiln.engine.kernels.registry import BuildTarget, RunContext, get_tactic
+
+    target, run_ctx = BuildTarget(torch.device("cuda"), torch.float16), RunContext({})
+    calls = {}
+    for epi_name, epilogue in QEPI_EPILOGUES.items():
+        layer, inputs = qepi_layer(qdtype, epilogue, ops)
+        for config in triton_quantized_gemm.TILE_CONFIGS:
+            t = get_tactic("qlinear", triton_quantized_gemm._name(qdtype, config))
+            if not t.when(layer, target):
+                raise SystemExit(f"qepi: tactic {t.name} does not take the {epi_name} layer ({layer.attrs})")
+            prepared = [inputs[0], t.prepare(layer, {"w": inputs[1]})["w"], *inputs[2:]]
+            calls[epi_name, "x".join(map(str, config))] = (layer, inputs, lambda t=t, ly=layer, p=prepared: t.fn(ly, p, run_ctx))
+    return calls
+
+
+def compile_in_parallel(calls: dict, keys) -> None:
+    """First calls from a thread pool, a stream each: Triton compiles there, ptxas runs in parallel (builder/precompile.py)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def first_call(key):
+        with torch.cuda.stream(torch.cuda.Stream()):
+            calls[key][2]()
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(first_call, list(keys)))
+    torch.cuda.synchronize()
+
+
+def sweep_qepi(all_configs: bool = False) -> None:
+    """Kiln's 8-bit GEMM through the registered qlinear tactics (the engine's code path: the tactic's prepare, its run
+    function, its generated epilogue), per epilogue, against cuBLAS FP16 (F.linear) with a separate GELU / residual add.
+
+    Per (shape, 8-bit dtype) the bias epilogue is timed with every tile config and the others with its fastest, so
+    the epilogues compare at one tile (--all-configs times every epilogue with every config). Every kernel is first
+    checked against the reference tactic (exact integer arithmetic) and the sweep stops on a wrong one. Kernels are
+    compiled from a thread pool first, so the run takes about a minute."""
+    from kiln.engine.kernels.registry import RunContext, get_tactic
+
+    reference = get_tactic("qlinear", "reference").fn
+    fp8 = torch.cuda.get_device_capability() >= triton_quantized_gemm.FP8_MIN_CAPABILITY
+    for name, m, k, n in QEPI:
+        cublas = None
+        for qdtype in ("int8", "fp8") if fp8 else ("int8",):
+            ops = qepi_operands(qdtype, m, k, n)
+            if cublas is None:
+                x16, w16, b16, r16 = ops["x16"], ops["w16"], ops["bias"], ops["residual"]
+                cublas = {
+                    "cublas_fp16": us(lambda: F.linear(x16, w16)),
+                    "cublas_fp16_bias": us(lambda: F.linear(x16, w16, b16)),
+                    "cublas_fp16_bias+gelu": us(lambda: F.gelu(F.linear(x16, w16, b16))),
+                    "cublas_fp16_bias+residual": us(lambda: F.linear(x16, w16, b16) + r16),
+                }
+            calls = qepi_calls(qdtype, ops)
+            refs = {}
+
+            def timed(key):
+                layer, inputs, call = calls[key]
+                if key[0] not in refs:
+                    refs[key[0]] = reference(layer, inputs, RunContext({}))
+                check_qepi(call(), refs[key[0]], f"{name} {qdtype} {key[0]} {key[1]}")
+                return us(call)
+
+            labels = sorted({label for _, label in calls})
+            compile_in_parallel(calls, calls if all_configs else [("bias", label) for label in labels])
+            bias_times = {label: timed(("bias", label)) for label in labels}
+            best = min(bias_times, key=bias_times.get)
+            row = {"shape": name, "m": m, "k": k, "n": n, "qdtype": qdtype, **cublas, "config": best, "bias_by_config": bias_times}
+            if not all_configs:
+                labels = [best]
+                compile_in_parallel(calls, [(e, best) for e in QEPI_EPILOGUES if e != "bias"])
+            for epi_name in QEPI_EPILOGUES:
+                for label in labels:
+                    key = epi_name if label == best else f"{epi_name}_{label}"
+                    row[key] = bias_times[label] if epi_name == "bias" else timed((epi_name, label))
+            print(json.dumps(row), flush=True)
+
+
 def main(argv=None) -> None:
     part = (argv or sys.argv[1:] or ["gemm"])[0]
     if part == "gemm":
@@ -244,8 +393,10 @@ def main(argv=None) -> None:
         sweep_depthwise_norm()
     elif part == "conv":
         sweep_conv()
+    elif part == "qepi":
+        sweep_qepi(all_configs="--all-configs" in (argv or sys.argv[1:]))
     else:
-        raise SystemExit(f"unknown part {part!r}: choose gemm, small, dw, qgemm, dwln or conv")
+        raise SystemExit(f"unknown part {part!r}: choose gemm, small, dw, qgemm, dwln, conv or qepi")
 
 
 if __name__ == "__main__":
