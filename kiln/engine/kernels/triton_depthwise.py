@@ -49,15 +49,13 @@ def tap_sum(channels: str, width: str, block: str) -> str:
 
 
 # Sizes that follow the input's shape are not specialised on: a ranged engine's new shape
-# must launch the compiled kernel, not compile another. The channel count is fixed by the weight, and
-# compiled in: a runtime C is only known divisible by 16 when it is, so at 8, 24, 36 or 40 channels every
-# row load fell to 2-byte loads; on the H100 that made 128x24x112x112 take 431 us against cuDNN's 74.
-# {epilogue} is filled per layer.
+# must launch the compiled kernel, not compile another. The channel count, fixed by the weight, is compiled
+# in where it is not a multiple of 16 (codegen/triton_source.compile_in says why). {epilogue} is filled per layer.
 TEMPLATE = """
 @triton.jit(do_not_specialize=["P", "H", "W", "OH", "OW"])
 def depthwise_kernel(
     x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
-    P, C: tl.constexpr, H, W, OH, OW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
+    P, C, H, W, OH, OW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     WIDE_INDEX: tl.constexpr,
 ):
@@ -113,7 +111,7 @@ def depthwise(x: torch.Tensor, w_taps: torch.Tensor, bias, residual, attrs: dict
     pixels = n * oh * ow
     block_p, block_c, warps = block_sizes(c, config or CONFIGS["triton_depthwise"])
     grid = (triton.cdiv(pixels, block_p), triton.cdiv(c, block_c))
-    kernel = load_template(TEMPLATE, "depthwise_kernel", attrs, RESIDUAL_LOAD if residual is not None else None)
+    kernel = load_template(TEMPLATE, "depthwise_kernel", attrs, RESIDUAL_LOAD if residual is not None else None, sizes={"C": c})
     kernel[grid](
         x, w_taps, bias if bias is not None else x, residual if residual is not None else x, out,
         pixels, c, h, w, oh, ow, sh, sw, ph, pw, dh, dw,

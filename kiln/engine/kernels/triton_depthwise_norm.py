@@ -35,13 +35,12 @@ from kiln.engine.runtime.executor import arena_output
 MAX_CHANNELS = 1024
 
 # Sizes that follow the input's shape are not specialised on: a ranged engine's new shape launches the
-# compiled kernel. The channel count is compiled in, as the depthwise template's is (triton_depthwise.py says why).
-# {params} (the norm's weight / bias pointers), {conv_epilogue} and {norm} are filled per layer.
+# compiled kernel. {params} (the norm's weight / bias pointers), {conv_epilogue} and {norm} are filled per layer.
 TEMPLATE = """
 @triton.jit(do_not_specialize=["P", "H", "W", "OH", "OW"])
 def depthwise_norm_kernel(
     x_ptr, w_ptr, conv_bias_ptr, {params}out_ptr,
-    P, D: tl.constexpr, H, W, OH, OW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, eps,
+    P, D, H, W, OH, OW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, eps,
     KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
     WIDE_INDEX: tl.constexpr,
 ):

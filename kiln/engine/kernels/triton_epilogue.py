@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from kiln.engine.kernels.codegen.program import Program, emit
-from kiln.engine.kernels.codegen.triton_source import load_kernel
+from kiln.engine.kernels.codegen.triton_source import compile_in, load_kernel
 from kiln.engine.kernels.pointwise import UNARY_OPS, UNARY_TRITON
 from kiln.engine.kernels.registry import RunContext
 
@@ -93,10 +93,11 @@ def epilogue_lines(attrs: dict, residual_load: str | None, indent: str = "    ")
     return "\n".join(indent + line for line in [*lines, f"acc = {result}"])
 
 
-def load_template(template: str, name: str, attrs: dict, residual_load: str | None, indent: str = "    "):
-    """The template's kernel with this layer's epilogue in its `{epilogue}` slot (compiled once per epilogue)."""
+def load_template(template: str, name: str, attrs: dict, residual_load: str | None, indent: str = "    ", sizes=None):
+    """The template's kernel with this layer's epilogue in its `{epilogue}` slot (compiled once per epilogue), and
+    `sizes` (parameter name -> value) compiled in where that tells Triton their alignment (triton_source.compile_in)."""
     source = MODULE_HEADER + template.replace("{epilogue}", epilogue_lines(attrs, residual_load, indent).lstrip())
-    return load_kernel(source, name)
+    return load_kernel(compile_in(source, sizes or {}), name)
 
 
 def require_low_precision(x: torch.Tensor, tactic: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -44,3 +45,27 @@ def load_kernel(source: str, name: str):
             spec.loader.exec_module(module)
             _LOADED[digest] = module
     return getattr(module, name)
+
+
+def compile_in(source: str, sizes: dict[str, int]) -> str:
+    """`source` with each scalar parameter in `sizes` whose value is not a multiple of 16 made a tl.constexpr.
+
+    Triton specialises an integer argument only on being a multiple of 16, so rows of 24, 36 or 40 channels
+    were never known to be 16-byte aligned and every row load fell to 2-byte loads: on the H100 a depthwise
+    conv over 24 channels took 431 us against cuDNN's 74. A size fixed by the weight (channels, K, N) is
+    compiled in where that tells Triton more; multiples of 16 stay arguments, so layers that differ only in
+    such sizes still share one compiled kernel (fewer compiles per build)."""
+    fixed = [name for name, value in sizes.items() if value % 16]
+    if not fixed:
+        return source
+    start = source.index("(", source.index("\ndef ")) + 1
+    depth, end = 1, start
+    while depth:
+        depth += {"(": 1, ")": -1}.get(source[end], 0)
+        end += 1
+    params = source[start : end - 1]
+    for name in fixed:
+        params, count = re.subn(rf"(?<![\w.])({name})(?=\s*[,)]|\s*$)", r"\1: tl.constexpr", params, flags=re.M)
+        if count != 1:
+            raise ValueError(f"kernel parameter {name!r} appears {count} times in the signature, not once")
+    return source[:start] + params + source[end - 1 :]
