@@ -235,25 +235,27 @@ def _merged_conv(gm: GraphModule, group: list[_Branch], root: Node) -> Node:
     first = next(b.conv for b in group if b.conv is not None)
     template = _weight(first)
     out_channels, in_per_group = template.shape[:2]
+    # Merged in float64 on the CPU, whatever device the model's constants are on (a CUDA model's are on the GPU),
+    # then moved back once.
     weight = torch.zeros(out_channels, in_per_group, *kernel, dtype=torch.float64)
     bias = None
     channel = torch.arange(out_channels)
     for b, offset in zip(group, offsets):
-        coef = b.coef.reshape(-1)
+        coef = b.coef.reshape(-1).cpu()
         if b.conv is not None:
-            w = _weight(b.conv).double() * coef.reshape(-1, *[1] * (len(kernel) + 1))
+            w = _weight(b.conv).double().cpu() * coef.reshape(-1, *[1] * (len(kernel) + 1))
             weight[(slice(None), slice(None), *(slice(o, o + k) for o, k in zip(offset, w.shape[2:])))] += w
             term = constant_of(gm, b.conv.args[2]) if b.conv.args[2] is not None else None
         else:
-            scale = b.scale.double() if b.scale is not None else torch.ones(out_channels, dtype=torch.float64)
+            scale = b.scale.double().cpu() if b.scale is not None else torch.ones(out_channels, dtype=torch.float64)
             weight[(channel, channel % in_per_group, *offset)] += scale * coef
             term = b.shift
         if term is not None:
-            term = term.double() * coef
+            term = term.double().cpu() * coef
             bias = term if bias is None else bias + term
     name = f"{first.name}_merged"
-    w_node = add_constant(gm, weight.to(template.dtype), root, f"{name}_weight")
-    b_node = add_constant(gm, bias.to(template.dtype), root, f"{name}_bias") if bias is not None else None
+    w_node = add_constant(gm, weight.to(template.device, template.dtype), root, f"{name}_weight")
+    b_node = add_constant(gm, bias.to(template.device, template.dtype), root, f"{name}_bias") if bias is not None else None
     stride, dilation, groups = list(first.args[3]), list(first.args[5]), first.args[8]
     rank = len(kernel)
     with gm.graph.inserting_before(root):
@@ -270,7 +272,7 @@ def _scaled(gm: GraphModule, branch: _Branch, root: Node) -> Node:
     if branch.coef.numel() == 1:
         factor = branch.coef.item()
     else:
-        channels = branch.coef.to(out.dtype).reshape(-1, *[1] * (out.dim() - 2))
+        channels = branch.coef.to(out.device, out.dtype).reshape(-1, *[1] * (out.dim() - 2))
         factor = add_constant(gm, channels, root, f"{root.name}_factor")
     with gm.graph.inserting_before(root):
         node = gm.graph.call_function(_MUL, (branch.leaf, factor))
