@@ -37,9 +37,13 @@ def quantize_attrs(qdtype: str, scale: float = 0.03, zero_point: int = 0) -> dic
     return {"scale": scale, "zero_point": zero_point, "qmin": -128, "qmax": 127, "qdtype": qdtype, "dtype": str(STORAGE[qdtype])[6:]}
 
 
-def assert_close_8_bit(out: torch.Tensor, ref: torch.Tensor) -> None:
+def assert_close_8_bit(out: torch.Tensor, ref: torch.Tensor, fp16_between: float = 0.0) -> None:
     """The same 8-bit values, except where FP32 arithmetic in another order moves a value across a rounding edge:
-    then one step apart (one integer, or one e4m3 step), on a small fraction of the elements."""
+    then one step apart (one integer, or one e4m3 step), on a small fraction of the elements.
+
+    `fp16_between`: the path rounds the value to FP16 before quantizing it (a reduction kernel, then a separate
+    quantize), so the quantized value may also differ by that rounding, this many quantized units. Near zero an
+    e4m3 step is 2^-9 units: an FP16 rounding of the O(1) terms of a normalisation's affine is several steps."""
     assert out.dtype == ref.dtype and out.shape == ref.shape
     o, r = out.float(), ref.float()
     if ref.dtype == torch.int8:
@@ -47,7 +51,7 @@ def assert_close_8_bit(out: torch.Tensor, ref: torch.Tensor) -> None:
     else:  # one e4m3 step at the larger magnitude: 2^(exponent - 3), 2^-9 below the normal range
         big = torch.maximum(o.abs(), r.abs()).clamp_min(2.0**-6)
         step = torch.exp2(torch.floor(torch.log2(big)) - 3)
-    assert bool(((o - r).abs() <= step).all()), (o - r).abs().max()
+    assert bool(((o - r).abs() <= torch.clamp(step, min=fp16_between)).all()), (o - r).abs().max()
     assert (o != r).float().mean().item() < 0.02
 
 
@@ -136,9 +140,9 @@ def test_reduction_writes_its_result_and_the_quantized_copy(case, qdtype):
         torch.testing.assert_close(got[name].float(), expected[name].float(), rtol=0, atol=0)
     on_device = [values[n].to(DEVICE) if n is not None else None for n in layer.inputs]
     ref = fused_reduction_reference(layer, [v.float() if v is not None else None for v in on_device], RUN)
-    for fn in (tactic_fn, fused_reduction_unfused):
+    for fn, fp16_between in ((tactic_fn, 0.0), (fused_reduction_unfused, 2e-3 / 0.02)):
         outs = fn(layer, on_device, RUN)
-        assert_close_8_bit(outs[0], ref[0])
+        assert_close_8_bit(outs[0], ref[0], fp16_between)
         for o, e in zip(outs[1:], ref[1:]):
             assert o.dtype == e.dtype and relative_error(o.float(), e.float()) < 4e-3
 
