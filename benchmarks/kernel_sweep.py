@@ -6,7 +6,7 @@
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py qgemm   # INT8 / FP8 GEMMs (BERT-base, resnet50 1x1) against cuBLAS
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py dwln    # ConvNeXt-T's 7x7 depthwise + LayerNorm: fused vs the pair
     PYTHONPATH=. python3 benchmarks/kernel_sweep.py conv    # cspresnet50/resnet50 3x3 and stem convs + leaky_relu: implicit GEMM vs cuDNN
-    PYTHONPATH=. python3 benchmarks/kernel_sweep.py qepi    # INT8/FP8 GEMM epilogues at BERT-base FC1/FC2 through the qlinear tactics
+    PYTHONPATH=. python3 benchmarks/kernel_sweep.py qepi    # INT8/FP8 GEMM epilogues at BERT-base FC1/FC2 (qlinear tactics) vs cuBLAS
 
 Each printed line is one shape as JSON: the library's time, then each config's, in microseconds of GPU
 time per call replayed from a CUDA graph (builder/timing.time_in_graph), or the error it hit. This is how
@@ -29,7 +29,14 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from kiln.engine.builder.timing import time_in_graph  # noqa: E402
-from kiln.engine.kernels import triton_conv, triton_depthwise, triton_depthwise_norm, triton_gemm, triton_quantized_gemm  # noqa: E402
+from kiln.engine.kernels import (  # noqa: E402
+    triton_conv,
+    triton_depthwise,
+    triton_depthwise_norm,
+    triton_gemm,
+    triton_quantized_common,
+    triton_quantized_gemm,
+)
 from kiln.engine.kernels.codegen.program import Program  # noqa: E402
 from kiln.engine.kernels.triton_epilogue import finish_in_place  # noqa: E402
 from kiln.engine.kernels.triton_norm import row_norm  # noqa: E402
@@ -329,18 +336,19 @@ def compile_in_parallel(calls: dict, keys) -> None:
     torch.cuda.synchronize()
 
 
-def sweep_qepi(all_configs: bool = False) -> None:
+def sweep_qepi(one_tile: bool = False) -> None:
     """Kiln's 8-bit GEMM through the registered qlinear tactics (the engine's code path: the tactic's prepare, its run
     function, its generated epilogue), per epilogue, against cuBLAS FP16 (F.linear) with a separate GELU / residual add.
 
-    Per (shape, 8-bit dtype) the bias epilogue is timed with every tile config and the others with its fastest, so
-    the epilogues compare at one tile (--all-configs times every epilogue with every config). Every kernel is first
-    checked against the reference tactic (exact integer arithmetic) and the sweep stops on a wrong one. Kernels are
-    compiled from a thread pool first, so the run takes about a minute."""
+    Per (shape, 8-bit dtype) one JSON line: each epilogue's time at its fastest tile config (the builder's choice) with
+    that config's name, and every config's time under "by_tile". With --one-tile, the epilogues other than bias are
+    timed only at bias's fastest tile (fewer compiles). Every kernel is first checked against the reference tactic
+    (exact integer arithmetic) and the sweep stops on a wrong one. Kernels compile from a thread pool first; the run
+    takes about a minute on an H100 host."""
     from kiln.engine.kernels.registry import RunContext, get_tactic
 
     reference = get_tactic("qlinear", "reference").fn
-    fp8 = torch.cuda.get_device_capability() >= triton_quantized_gemm.FP8_MIN_CAPABILITY
+    fp8 = torch.cuda.get_device_capability() >= triton_quantized_common.FP8_MIN_CAPABILITY
     for name, m, k, n in QEPI:
         cublas = None
         for qdtype in ("int8", "fp8") if fp8 else ("int8",):
@@ -364,17 +372,22 @@ def sweep_qepi(all_configs: bool = False) -> None:
                 return us(call)
 
             labels = sorted({label for _, label in calls})
-            compile_in_parallel(calls, calls if all_configs else [("bias", label) for label in labels])
-            bias_times = {label: timed(("bias", label)) for label in labels}
-            best = min(bias_times, key=bias_times.get)
-            row = {"shape": name, "m": m, "k": k, "n": n, "qdtype": qdtype, **cublas, "config": best, "bias_by_config": bias_times}
-            if not all_configs:
-                labels = [best]
-                compile_in_parallel(calls, [(e, best) for e in QEPI_EPILOGUES if e != "bias"])
-            for epi_name in QEPI_EPILOGUES:
-                for label in labels:
-                    key = epi_name if label == best else f"{epi_name}_{label}"
-                    row[key] = bias_times[label] if epi_name == "bias" else timed((epi_name, label))
+            by_tile = {e: {} for e in QEPI_EPILOGUES}
+            if one_tile:
+                compile_in_parallel(calls, [("bias", label) for label in labels])
+                by_tile["bias"] = {label: timed(("bias", label)) for label in labels}
+                best = min(by_tile["bias"], key=by_tile["bias"].get)
+                keys = [(e, best) for e in QEPI_EPILOGUES if e != "bias"]
+            else:
+                keys = list(calls)
+            compile_in_parallel(calls, keys)
+            for key in keys:
+                by_tile[key[0]][key[1]] = timed(key)
+            row = {"shape": name, "m": m, "k": k, "n": n, "qdtype": qdtype, **cublas}
+            for epi_name, times in by_tile.items():
+                fastest = min(times, key=times.get)
+                row[epi_name], row[f"{epi_name}_tile"] = times[fastest], fastest
+            row["by_tile"] = by_tile
             print(json.dumps(row), flush=True)
 
 
@@ -394,7 +407,7 @@ def main(argv=None) -> None:
     elif part == "conv":
         sweep_conv()
     elif part == "qepi":
-        sweep_qepi(all_configs="--all-configs" in (argv or sys.argv[1:]))
+        sweep_qepi(one_tile="--one-tile" in (argv or sys.argv[1:]))
     else:
         raise SystemExit(f"unknown part {part!r}: choose gemm, small, dw, qgemm, dwln, conv or qepi")
 
