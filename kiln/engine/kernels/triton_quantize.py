@@ -1,6 +1,6 @@
 """The `quantize` layer in one Triton kernel: FP16/FP32 → int8 or e4m3, in the input's own memory order.
 
-The reference is five element-wise PyTorch kernels (divide, round, add, clamp, cast), each a
+The reference is five element-wise PyTorch kernels (multiply, round, add, clamp, cast), each a
 trip through memory; here one read and one 1-byte write. The output keeps the input's strides
 (NHWC stays NHWC for the next implicit-GEMM conv). Rounding as the reference: a multiply by the FP32
 reciprocal of the scale (computed once here, on the host), then rint (half to even): the text of
