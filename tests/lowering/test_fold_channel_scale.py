@@ -39,7 +39,8 @@ class ConvTwoReaders(nn.Module):
 
     def forward(self, x):
         y = self.conv(x)
-        return y * self.gamma + y
+        # A reader outside the sum: `y * gamma + y` alone would be one conv (lowering/merge_parallel_convs.py).
+        return y * self.gamma + torch.relu(y)
 
 
 def _muls_left(model, x) -> int:

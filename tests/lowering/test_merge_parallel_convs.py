@@ -145,6 +145,18 @@ def test_terms_of_another_input_stay_in_the_sum_with_their_factors():
     check_against_eager(model, x, y, rtol=1e-5)
 
 
+class SameConvTwice(Sum):
+    def forward(self, x):
+        y = self.convs[0](x)
+        return y * 0.25 + y  # one leaf twice, with factors 0.25 and 1
+
+
+def test_a_conv_read_twice_by_its_sum_is_one_scaled_conv():
+    model, x = SameConvTwice([(3, 1, 1, 1)]).eval(), torch.randn(2, 8, 6, 6)
+    assert _lowered_counts(model, [x]) == {"convolution": 1, "add": 0, "batch_norm": 0}
+    check_against_eager(model, x, rtol=1e-5)
+
+
 class ReadElsewhere(Sum):
     def forward(self, x):
         side = self.convs[1](x)
