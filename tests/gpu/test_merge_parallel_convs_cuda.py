@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 CUDA = torch.device("cuda")
 
 
-BLOCKS = {"rep": lambda: RepBlock(16, 16), "rep-s2": lambda: RepBlock(16, 32, stride=2), "mixer": lambda: RepMixer(16)}
+BLOCKS = {"rep": lambda: RepBlock(16, 16), "rep-s2": lambda: RepBlock(16, 32, stride=2, identity=False), "mixer": lambda: RepMixer(16)}
 
 
 @pytest.mark.parametrize("make", list(BLOCKS.values()), ids=list(BLOCKS))
