@@ -33,3 +33,20 @@ def test_split_and_concat_between_convs_stay_channels_last():
     network = Network(inputs=["x"], outputs=["z"], tensors=t, layers=layers, constants={"w": torch.zeros(8, 8, 1, 1, dtype=half)})
     mark_channels_last(network)
     assert all(network.tensors[n].layout == Layout.CHANNELS_LAST for n in ("y", "a", "b", "j", "z"))
+
+
+def test_a_group_norm_between_convs_keeps_nhwc_and_a_last_dim_layer_norm_does_not():
+    half = torch.float16
+    t = {n: TensorDesc(n, [2, 8, 4, 4], half) for n in ("x", "y", "g", "p", "l")}
+    t["w"] = TensorDesc("w", [8, 8, 1, 1], half)
+    conv = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1, "transposed": False}
+    layers = [
+        Layer("conv", "c1", ["x", "w", None], ["y"], conv),
+        Layer("norm", "gn", ["y", None, None, None, None], ["g"], {"type": "group", "groups": 1, "eps": 1e-5}),
+        Layer("pool", "p", ["g"], ["p"], {"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1]}),
+        Layer("norm", "ln", ["y", None, None, None, None], ["l"], {"type": "layer", "shape": [4], "eps": 1e-5}),
+    ]
+    network = Network(inputs=["x"], outputs=["p", "l"], tensors=t, layers=layers, constants={"w": torch.zeros(8, 8, 1, 1, dtype=half)})
+    mark_channels_last(network)
+    assert [network.tensors[n].layout for n in ("y", "g", "p")] == [Layout.CHANNELS_LAST] * 3
+    assert network.tensors["l"].layout != Layout.CHANNELS_LAST
