@@ -13,10 +13,11 @@ the merged conv's epilogue like any conv's.
 
 An add tree (adds whose intermediate sums feed only the next add) is searched for leaves of one input
 x: non-transposed convs with frozen weights and the same stride, dilation, groups and output channels,
-read by the tree alone; an inference BatchNorm of x no conv fold took; x itself. They merge when every
-kernel lands on whole taps of the merged kernel (the padding differences are multiples of the
-dilation), the merged conv's output size is one of theirs for any input size, and an identity branch
-has stride 1 and as many output channels as x has. Leaves of other inputs stay as terms of the sum.
+read by the tree alone; an inference BatchNorm of x no conv fold took; x itself, beside two such
+branches at least (conv(x) + x alone is a residual block, whose add the conv's epilogue already takes).
+They merge when every kernel lands on whole taps of the merged kernel (the padding differences are
+multiples of the dilation), the merged conv's output size is one of theirs for any input size, and an
+identity branch has stride 1 and as many output channels as x has. Leaves of other inputs stay as terms of the sum.
 The tree may also subtract and scale per channel (FastViT's RepMixer is x + gamma * (mixer(x) - norm(x))):
 each leaf then merges times its factor, and only unscaled leaves may stay outside the merged conv.
 Runs after fold_batch_norm (each branch's norm is in its conv) and fold_constants (a layer scale
@@ -195,7 +196,10 @@ def _merge_groups(branches: list[_Branch]) -> list[list[_Branch]]:
         joined = [b for b in identities if takes_identity and b.source is source]
         identities = [b for b in identities if b not in joined]
         group = convs + joined
-        if len(group) >= 2 and _merged_geometry(group) is not None:
+        # One conv plus its own input is a residual block: the add is already that conv's epilogue, and
+        # folding the identity into the weights would make 8-bit weight scales coarse for a small conv.
+        branches_of_their_own = len(convs) + sum(b.scale is not None for b in joined)
+        if branches_of_their_own >= 2 and _merged_geometry(group) is not None:
             groups.append(group)
     return groups
 

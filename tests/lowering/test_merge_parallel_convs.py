@@ -190,6 +190,13 @@ def test_branches_that_must_not_merge_stay_apart_and_match_eager(model, inputs):
     check_against_eager(model, *inputs, rtol=1e-5)
 
 
+def test_a_residual_block_keeps_its_add():
+    """conv(x) + x: the add is the conv's epilogue already; its identity stays out of the (8-bit) weights."""
+    model, x = Sum([(3, 1, 1, 1)], plain_identity=True).eval(), torch.randn(2, 8, 6, 6)
+    assert _lowered_counts(model, [x]) == {"convolution": 1, "add": 1, "batch_norm": 0}
+    check_against_eager(model, x, rtol=1e-5)
+
+
 def test_the_merged_conv_takes_the_relu_and_the_network_shrinks(monkeypatch):
     """As a CUDA build sees it (FP16): cast, one conv with its ReLU epilogue, cast; without the pass, three convs."""
     x = torch.randn(2, 8, 10, 10)
