@@ -33,7 +33,7 @@ QUANTIZED_KINDS = {"conv": "qconv", "conv_epilogue": "qconv", "linear": "qlinear
 
 @dataclass(frozen=True)
 class ActQuant:
-    """How one activation tensor is quantized: 8-bit value = clamp(round(x / scale) + zero_point, qmin, qmax)."""
+    """How one activation tensor is quantized: 8-bit value = clamp(round(x * (1 / scale)) + zero_point, qmin, qmax)."""
 
     scale: float
     zero_point: int = 0
