@@ -27,9 +27,7 @@ from kiln.engine.runtime.executor import arena_output
 
 # Sizes that follow the input's shape are not specialised on: a ranged engine's new shape must launch
 # the compiled kernel, not compile another. C, N and K are, so Triton sees when rows of channels are
-# 16-element aligned and vectorises the loads; where they are not multiples of 16 they are compiled in
-# (codegen/triton_source.compile_in), so rows of 24 or 40 channels are still read 16 bytes at a time.
-# {epilogue} is filled per layer.
+# 16-element aligned and vectorises the loads. {epilogue} is filled per layer.
 TEMPLATE = (
     """
 @triton.jit(do_not_specialize=["M", "H", "W", "OH", "OW"])
@@ -96,7 +94,7 @@ def conv_nhwc(x: torch.Tensor, w_taps: torch.Tensor, bias, residual, attrs: dict
     m = n * oh * ow
     block_m, block_n, block_k, warps, stages = config
     block_k, tap_loop = k_step(c, k, block_k)
-    kernel = load_template(TEMPLATE, "conv_kernel", attrs, RESIDUAL_LOAD if res is not None else None, sizes={"N": cout, "K": k, "C": c})
+    kernel = load_template(TEMPLATE, "conv_kernel", attrs, RESIDUAL_LOAD if res is not None else None)
     kernel[(tile_count(m, cout, block_m, block_n),)](
         x, w_taps, bias if bias is not None else w_taps, res if res is not None else out, out, m, cout, k,
         h, w, c, oh, ow, sh, sw, ph, pw, dh, dw, kh, kw,

@@ -22,7 +22,7 @@ import torch
 
 from kiln.engine.kernels.codegen.program import FLOAT_DTYPES, Program, emit
 from kiln.engine.kernels.codegen.tiles import grouped_tile, index_range, tile_count, wide_index
-from kiln.engine.kernels.codegen.triton_source import compile_in, load_kernel
+from kiln.engine.kernels.codegen.triton_source import load_kernel
 from kiln.engine.kernels.registry import tactic
 from kiln.engine.kernels.triton_epilogue import MODULE_HEADER, triton
 from kiln.engine.runtime.executor import arena_output
@@ -45,13 +45,11 @@ TMA_CONFIGS = {"triton_gemm_tma_128": (128, 128, 64, 8, 4)}
 _KERNELS: dict[tuple, object] = {}
 
 
-def _kernel(program: Program | None, extra_kinds: tuple[str, ...], tma: bool = False, sizes: dict | None = None):
-    """`sizes`: the weight's sizes and strides, compiled in where they are not multiples of 16 (compile_in says why)."""
-    fixed = tuple(sorted((k, v) for k, v in (sizes or {}).items() if v % 16))
-    key = (repr(program.to_json()) if program else "", extra_kinds, tma, fixed)
+def _kernel(program: Program | None, extra_kinds: tuple[str, ...], tma: bool = False):
+    key = (repr(program.to_json()) if program else "", extra_kinds, tma)
     if key not in _KERNELS:
         source = tma_kernel_source(program, extra_kinds) if tma else kernel_source(program, extra_kinds)
-        _KERNELS[key] = load_kernel(compile_in(source, dict(fixed)), "gemm_kernel")
+        _KERNELS[key] = load_kernel(source, "gemm_kernel")
     return _KERNELS[key]
 
 
@@ -186,7 +184,7 @@ def gemm(
         _gemm_tma(rows, w, b, extras, program, kinds, config, out)
         return out
     grid = (tile_count(m, n_out, block_m, block_n),)
-    _kernel(program, kinds, sizes={"N": n_out, "K": k, "stride_wn": w.stride(0), "stride_wk": w.stride(1)})[grid](
+    _kernel(program, kinds)[grid](
         rows, w, b if b is not None else rows, out, row_scale if row_scale is not None else rows, *extras,
         m, n_out, k, w.stride(0), w.stride(1), rows_per_scale,
         HAS_BIAS=b is not None, HAS_SCALE=row_scale is not None, WIDE_INDEX=wide_index(m * k, m * n_out, w.numel()),
