@@ -12,6 +12,11 @@ mean over spatial dims...) and the pointwise programs next to it:
   add (in FP16) and an 8-bit linear writes the normalised row and its quantized copy, the epilogue's
   outputs being input 0 itself and a `quantize` op of it.
 
+A *broadcast* layer (attrs["broadcast"]) is a reduction over the last dim whose kept result
+([..., 1]) the epilogue reads back against whole rows: F.normalize's `x / norm(x).clamp_min(eps)`,
+the expand between them being plain broadcasting. Its epilogue's outputs have the prologue's (the
+row's) shape, and only a whole-row kernel (`generated_broadcast`, triton_reduce_rows.py) computes it.
+
 Inputs: [*prologue inputs, *the reduction's other inputs (weight, bias...), *epilogue inputs
 after its input 0]. Outputs: [*the epilogue's outputs (the results), *the prologue's handed-out values].
 
@@ -58,6 +63,25 @@ def generated_reduction(kind: str):
 
 def has_generated(kind: str, attrs: dict, x: TensorDesc) -> bool:
     return any(p(attrs, x) for p in _GENERATED.get(kind, ()))
+
+
+# kind -> predicates(reduction attrs, input desc) saying a whole-row kernel computes that reduction with its
+# result broadcast back over the row into the epilogue.
+_BROADCAST: dict[str, list[Callable[[dict, TensorDesc], bool]]] = {}
+
+
+def generated_broadcast(kind: str):
+    """Declare that a whole-row kernel computes some reductions of `kind` for a broadcast epilogue (`has_generated_broadcast`)."""
+
+    def register(predicate):
+        _BROADCAST.setdefault(kind, []).append(predicate)
+        return predicate
+
+    return register
+
+
+def has_generated_broadcast(kind: str, attrs: dict, x: TensorDesc) -> bool:
+    return any(p(attrs, x) for p in _BROADCAST.get(kind, ()))
 
 
 @dataclass

@@ -35,11 +35,22 @@ ACCUMULATE = {
     "mean": ("0.0", "acc + tl.where(mask, v, 0.0)", "tl.sum(acc, axis={axis}) / NR"),
     "amax": ('-float("inf")', 'tl.maximum(acc, tl.where(mask, v, -float("inf")))', "tl.max(acc, axis={axis})"),
     "amin": ('float("inf")', 'tl.minimum(acc, tl.where(mask, v, float("inf")))', "tl.min(acc, axis={axis})"),
+    # Vector norms (reduce op "norm", by its ord); sqrt_rn: IEEE rounding like ATen's, once per output.
+    "norm2": ("0.0", "acc + tl.where(mask, v * v, 0.0)", "tl.sqrt_rn(tl.sum(acc, axis={axis}))"),
+    "norm1": ("0.0", "acc + tl.where(mask, tl.abs(v), 0.0)", "tl.sum(acc, axis={axis})"),
+    "norminf": ("0.0", "tl.maximum(acc, tl.where(mask, tl.abs(v), 0.0))", "tl.max(acc, axis={axis})"),
 }
+# The reduce layer's vector norm by its ord (convert/reduce.py: a float, or "inf" as a string) -> an ACCUMULATE op.
+_NORM_OPS = {2.0: "norm2", 1.0: "norm1", float("inf"): "norminf"}
+
+
+def _reduce_op(a: dict) -> str | None:
+    return _NORM_OPS.get(float(a.get("ord", 2.0))) if a["op"] == "norm" else a["op"]
+
 # Reductions of other layer kinds that are one of the above: kind -> fn(attrs, rank) -> (op, dims, keepdim) or None.
 AS_REDUCTION = {
     # No dims, or an empty list (aten's sum.dim_IntList and amax read [] as "all"), reduce everything.
-    "reduce": lambda a, rank: (a["op"], a["dims"] or list(range(rank)), a["keepdim"]),
+    "reduce": lambda a, rank: (_reduce_op(a), a["dims"] or list(range(rank)), a["keepdim"]),
     "pool": lambda a, rank: ("mean", [rank - 2, rank - 1], True) if a.get("op") == "adaptive_avg" and a["output_size"] == [1, 1] else None,
 }
 
@@ -65,7 +76,9 @@ for _kind in AS_REDUCTION:
 
 
 def _applies_fused(layer, target) -> bool:
-    return triton is not None and target.is_cuda and layer.attrs["reduction"]["kind"] in AS_REDUCTION
+    # A broadcast epilogue reads whole rows back: triton_reduce_rows.py's kernel, not this one.
+    a = layer.attrs
+    return triton is not None and target.is_cuda and a["reduction"]["kind"] in AS_REDUCTION and not a.get("broadcast")
 
 
 @tactic("fused_reduction", "triton_reduce", when=_applies_fused, takes=TAKES)

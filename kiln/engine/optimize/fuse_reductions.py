@@ -14,6 +14,12 @@ Then, after pointwise fusion has grouped the element-wise layers:
   written too, as a second output: the LayerNorm of an INT8 BERT layer feeds the next 8-bit linear
   through a `quantize` layer and a residual add in FP16, so the norm writes the FP16 row and its
   8-bit copy in one kernel, and the quantize layer (a read and a launch) is gone.
+- broadcast epilogue: a reduction over the last dim with keepdim whose [..., 1] result is read back
+  against whole rows (F.normalize: norm -> clamp_min -> expand -> x / that; a norm's own
+  `(x - mean) * rstd` has the same shape) takes the chain, when a whole-row kernel computes it
+  (`has_generated_broadcast`): an optional pointwise layer on the result, an optional expand to the
+  row's shape (plain broadcasting inside the program), then a pointwise layer of the row's shape.
+  Every value between them is read by the next alone; the fused layer's output is the row-shaped one.
 The fused layer takes the place of its last member. The builder still times the generated
 tactic against the reference, which runs the members one by one, so fusing never forces a
 slower kernel.
@@ -24,7 +30,7 @@ from __future__ import annotations
 from kiln.engine.ir.dtypes import dtype_name
 from kiln.engine.ir.network import Layer, Network
 from kiln.engine.kernels.codegen.program import Program
-from kiln.engine.kernels.fused_reduction import has_generated
+from kiln.engine.kernels.fused_reduction import has_generated, has_generated_broadcast
 from kiln.engine.optimize import cuda_pass
 from kiln.engine.optimize.fuse_gemm_epilogue import _with_first
 from kiln.engine.optimize.fuse_pointwise import _fusable, group_program, joins_pieces, member_ops
@@ -55,13 +61,15 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
     producer = network.producer()
     readers = network.consumers()
     position = {m.name: i for i, m in enumerate(network.layers)}
-    epilogue_layer = _epilogue_layer(network, reduction, readers, position)
+    broadcast = _broadcast_chain(network, reduction, readers)
+    epilogue_layer = broadcast[-1] if broadcast else _epilogue_layer(network, reduction, readers, position)
     place = position[(epilogue_layer or reduction).name]
     prologue_layer = _prologue_layer(network, reduction, producer, readers, position, place)
-    if prologue_layer is not None and epilogue_layer is not None and set(epilogue_layer.inputs) & set(prologue_layer.outputs):
+    epilogue_reads = {n for m in (broadcast or ([epilogue_layer] if epilogue_layer else [])) for n in m.inputs}
+    if prologue_layer is not None and epilogue_layer is not None and epilogue_reads & set(prologue_layer.outputs):
         # The epilogue reads a value the prologue makes (PoolFormer's GELU output added to the stream
         # the norm read): the kernel would read what it is writing. Keep the prologue, which saves more.
-        epilogue_layer = None
+        epilogue_layer = broadcast = None
         prologue_layer = _prologue_layer(network, reduction, producer, readers, position, position[reduction.name])
     # Without a direct prologue, one across reshapes (Swin's mask add between two reshapes).
     chain = reshaped_prologue(network, reduction.inputs[0], producer, readers) if prologue_layer is None else None
@@ -82,7 +90,10 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
     else:
         pro_inputs, pro_program = [x], None
     results = [reduction.outputs[0]]
-    if epilogue_layer is not None:
+    if broadcast:
+        epi_inputs, epi_program = _chain_program(broadcast, results[0])
+        results = [epilogue_layer.outputs[0]]
+    elif epilogue_layer is not None:
         epi_inputs, epi_program = _epilogue_program(network, epilogue_layer, results[0])
         if len(readers[results[0]]) > 1 or results[0] in network.outputs:
             # The result is read elsewhere too: the epilogue also hands out its input 0, the result itself.
@@ -96,7 +107,8 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
     if len([n for n in inputs if n is not None]) > MAX_INPUTS:
         return None, set()
     outputs = [*results, *handed]
-    members = [m for m in (*(chain[3][::-1] if chain else ()), prologue_layer, reduction, epilogue_layer) if m is not None]
+    epilogue_members = broadcast or [epilogue_layer]
+    members = [m for m in (*(chain[3][::-1] if chain else ()), prologue_layer, reduction, *epilogue_members) if m is not None]
     attrs = {
         "reduction": {
             "kind": reduction.kind,
@@ -108,6 +120,7 @@ def _fuse(network: Network, reduction: Layer) -> tuple[Layer | None, set[str]]:
         "prologue": pro_program.to_json() if pro_program else None,
         "prologue_views": views if chain is not None else None,
         "epilogue": epi_program.to_json() if epi_program else None,
+        "broadcast": bool(broadcast),
         "out_dtypes": [dtype_name(network.tensors[o].dtype) for o in outputs],
         "fused_ops": [op for m in members for op in member_ops(m)],
     }
@@ -172,3 +185,68 @@ def _epilogue_program(network: Network, layer: Layer, first: str) -> tuple[list[
         return _with_first(Program.from_json(layer.attrs["program"]), list(layer.inputs), first)
     inputs, program = group_program(network, [layer], first_input=first)
     return inputs, Program(program.num_inputs, program.ops, (program.num_inputs,))
+
+
+def _broadcast_chain(network: Network, reduction: Layer, readers) -> list[Layer] | None:
+    """The layers that read a last-dim reduction's [..., 1] result back against whole rows: an optional pointwise
+    layer of the result's shape, an optional expand to the row's shape, and a pointwise layer of the row's shape."""
+    x = network.tensors[reduction.inputs[0]]
+    if not has_generated_broadcast(reduction.kind, reduction.attrs, x):
+        return None
+    row_shape = list(x.shape)
+
+    def only_reader(value: str) -> Layer | None:
+        users = readers.get(value, [])
+        return users[0] if len(users) == 1 and value not in network.outputs else None
+
+    def pointwise_of(layer: Layer | None, shape: list) -> bool:
+        return (
+            layer is not None
+            and _pointwise(layer, network)
+            and len(layer.outputs) == 1
+            and list(network.tensors[layer.outputs[0]].shape) == shape
+        )
+
+    chain: list[Layer] = []
+    value = reduction.outputs[0]
+    small_shape = list(network.tensors[value].shape)
+    reader = only_reader(value)
+    if pointwise_of(reader, small_shape) and small_shape != row_shape:
+        chain.append(reader)
+        value = reader.outputs[0]
+        reader = only_reader(value)
+    if reader is not None and reader.kind == "expand" and list(network.tensors[reader.outputs[0]].shape) == row_shape:
+        chain.append(reader)
+        value = reader.outputs[0]
+        reader = only_reader(value)
+    if not pointwise_of(reader, row_shape) or reader.inputs.count(value) != 1:
+        return None
+    return [*chain, reader]
+
+
+def _chain_program(layers: list[Layer], first: str) -> tuple[list[str], Program]:
+    """One program over a chain of pointwise layers (fused_pointwise ones inlined), `first` its input 0. An expand is
+    no op: its input broadcasts against the rows where it is read, in the references as in the kernels."""
+    made = {o for m in layers for o in m.outputs}
+    inputs = [first]
+    for m in layers:
+        inputs += [n for n in m.inputs if n is not None and n not in made and n not in inputs]
+    number = {n: i for i, n in enumerate(inputs)}
+    ops: list[dict] = []
+    for m in layers:
+        if m.kind == "expand":
+            number[m.outputs[0]] = number[m.inputs[0]]
+            continue
+        if m.kind == "fused_pointwise":
+            program = Program.from_json(m.attrs["program"])
+            local = [number[n] for n in m.inputs]
+        else:
+            local = [number[n] for n in m.inputs if n is not None]
+            op = {"kind": m.kind, "op": m.attrs.get("op", m.kind), "args": list(range(len(local))), "attrs": dict(m.attrs)}
+            program = Program(len(local), (op,), (len(local),))
+        for op in program.ops:
+            ops.append({**op, "args": [local[a] if a is not None else None for a in op["args"]]})
+            local.append(len(inputs) + len(ops) - 1)
+        for out, v in zip(m.outputs, program.outputs):
+            number[out] = local[v]
+    return inputs, Program(len(inputs), tuple(ops), (number[layers[-1].outputs[0]],))
