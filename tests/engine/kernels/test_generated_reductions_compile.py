@@ -10,7 +10,7 @@ import inspect
 
 import torch
 
-from kiln.engine.kernels import triton_group_norm, triton_norm, triton_reduce
+from kiln.engine.kernels import triton_group_norm, triton_norm, triton_reduce, triton_reduce_rows
 from kiln.engine.kernels.codegen.program import Program
 from kiln.engine.kernels.codegen.triton_source import load_kernel
 from kiln.engine.kernels.fused_reduction import IDENTITY
@@ -26,6 +26,17 @@ QUANTIZE = {
     qdtype: Program(1, ({"kind": "quantize", "op": "quantize", "args": [0], "attrs": {"scale": 0.03, "qdtype": qdtype}},), (1, 0))
     for qdtype in ("int8", "fp8")
 }
+# F.normalize as fusion builds it: cast to FP32 -> (the norm) -> cast to FP16, clamp_min, the row divided by that.
+TO_FP32 = Program(1, ({"kind": "cast", "op": "cast", "args": [0], "attrs": {"dtype": "float32"}},), (1,))
+CLAMP_DIVIDE = Program(
+    2,
+    (
+        {"kind": "cast", "op": "cast", "args": [0], "attrs": {"dtype": "float16"}},
+        {"kind": "unary", "op": "clamp", "args": [2], "attrs": {"op": "clamp", "min": 1e-12, "max": None}},
+        {"kind": "binary", "op": "div", "args": [1, 3], "attrs": {"op": "div"}},
+    ),
+    (4,),
+)
 BLOCKS = {"BLOCK": 256, "SPLIT_P2": 16, "BLOCK_R": 16, "BLOCK_D": 64, "BLOCK_O": 32}
 SOURCES = {
     "group_norm_stats_nhwc": (triton_group_norm.stats_source(ADD, [F16, F16], [F16], "channels_inner"), "group_norm_stats"),
@@ -34,6 +45,10 @@ SOURCES = {
         "group_norm_apply",
     ),
     "reduce_kept_inner": (triton_reduce.kernel_source(ADD, IDENTITY, "amax", 1, 2, False, [F16, F16], [], [F16, F16]), "reduce_kernel"),
+    "reduce_rows_normalize": (
+        triton_reduce_rows.kernel_source(TO_FP32, CLAMP_DIVIDE, ([F16], [F16], [F16]), 3, "norm2", torch.float32),
+        "reduce_rows",
+    ),
     "norm_rows": (triton_norm.fused_norm_source(ADD, SILU, ([F16, F16], [], [F16, F16]), 2, False, (True, True)), "norm_rows"),
     # A LayerNorm writing its row and the 8-bit copy an INT8/FP8 linear reads (out0 8-bit, out1 FP16).
     "norm_rows_int8": (
