@@ -9,6 +9,7 @@ import torch
 
 from kiln.capture.export import CapturedGraph, capture
 from kiln.capture.program import program_inputs, switch_to_eval, takes_inputs
+from kiln.capture.release import forget_export_trace
 from kiln.engine.builder import build_plan
 from kiln.engine.convert import convert_graph
 from kiln.engine.module import EngineModule
@@ -84,8 +85,11 @@ def compile(
 
                 remember_structure(cached, module, settings)
                 return cached
-        with torch.no_grad(), stage("capture"):
-            captured = capture(module, arg_inputs, kwarg_inputs, settings)
+        try:
+            with torch.no_grad(), stage("capture"):
+                captured = capture(module, arg_inputs, kwarg_inputs, settings)
+        finally:
+            forget_export_trace()
     except SmallSizeError as exc:
         # The model treats a size below 2 specially: one engine per small size, one for the rest.
         variants = size_variant_inputs(exc, arg_inputs, kwarg_inputs)
