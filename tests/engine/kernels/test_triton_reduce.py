@@ -45,6 +45,10 @@ CASES = [
     ("reduce", {"op": "sum", "dims": [1, 2], "keepdim": False}, [2, 6, 5, 7], [2, 7], False, True, True),
     ("reduce", {"op": "amax", "dims": [2, 3], "keepdim": True}, [2, 6, 5, 7], [2, 6, 1, 1], True, False, True),
     ("reduce", {"op": "amin", "dims": None, "keepdim": False}, [3, 5, 6], [], False, False, False),
+    # Vector norms by their ord (convert/reduce.py writes inf as the string "inf").
+    ("reduce", {"op": "norm", "ord": 2.0, "dims": [2, 3], "keepdim": True}, [2, 6, 5, 7], [2, 6, 1, 1], True, False, True),
+    ("reduce", {"op": "norm", "ord": 1.0, "dims": [-1], "keepdim": False}, [3, 4, 50], [3, 4], False, True, False),
+    ("reduce", {"op": "norm", "ord": "inf", "dims": [1], "keepdim": False}, [2, 6, 5, 7], [2, 5, 7], False, False, True),
 ]
 
 
