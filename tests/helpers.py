@@ -146,3 +146,30 @@ def optimized_for_cuda(model, inputs, without=()):
 
     network, settings = network_as_cuda_build(model, inputs, without)
     return network, build_plan(network, settings)
+
+
+def with_random_stats(bn, seed: int = 0):
+    """A BatchNorm with random running statistics and affine parameters (seeded by its width + `seed`), so that
+    folding it is a real test: fresh ones are the identity."""
+    g = torch.Generator().manual_seed(bn.num_features + seed)
+    bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
+    bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+    bn.weight.data.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+    bn.bias.data.copy_(torch.randn(bn.num_features, generator=g))
+    return bn
+
+
+def calls_on_streams(compiled, inputs_per_thread: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """Each list of inputs run through `compiled` by its own thread on its own CUDA stream, all at once: the
+    outputs per thread, in order. How the GPU tests check one compiled module under concurrent callers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def worker(inputs):
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream), torch.no_grad():
+            outs = [compiled(x) for x in inputs]
+        stream.synchronize()
+        return outs
+
+    with ThreadPoolExecutor(len(inputs_per_thread)) as pool:
+        return list(pool.map(worker, inputs_per_thread))

@@ -1,8 +1,6 @@
 """DenseNet-style blocks on CUDA: each dense layer's concat + BatchNorm + ReLU is one generated kernel that reads
 the concat's pieces where they lie; the compiled module matches eager, from one thread and from two on two streams."""
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from kiln.engine.kernels.codegen.program import Program, evaluate
 from kiln.engine.kernels.fused_pointwise import run_generated
 from kiln.engine.kernels.registry import RunContext
 from tests.engine.optimize.test_fuse_concat_norm import DenseBlock
-from tests.helpers import relative_error
+from tests.helpers import calls_on_streams, relative_error
 
 CUDA = torch.device("cuda")
 FP16_TOL = 2e-2
@@ -45,15 +43,7 @@ def test_dense_block_from_two_threads_on_two_streams():
         refs = [[model(x) for x in per_thread] for per_thread in inputs]
     torch.cuda.synchronize()
 
-    def worker(i):
-        stream = torch.cuda.Stream()
-        with torch.cuda.stream(stream), torch.no_grad():
-            outs = [compiled(x) for x in inputs[i]]
-        stream.synchronize()
-        return outs
-
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(worker, range(2)))
+    results = calls_on_streams(compiled, inputs)
     assert max(relative_error(o, r) for outs, rs in zip(results, refs) for o, r in zip(outs, rs)) < FP16_TOL
 
 

@@ -1,13 +1,11 @@
 """Summed conv branches merged on a CUDA model (its constants live on the GPU), from one caller and from two threads
 on their own streams, against eager. The CPU tests (tests/lowering/test_merge_parallel_convs.py) hold the cases."""
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 import torch
 
 import kiln
-from tests.helpers import relative_error
+from tests.helpers import calls_on_streams, relative_error
 from tests.lowering.test_merge_parallel_convs import RepBlock, RepMixer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -30,13 +28,5 @@ def test_merged_block_on_cuda_matches_eager_from_two_streams(make):
         refs = [[model(v) for v in per] for per in inputs]
     torch.cuda.synchronize()
 
-    def worker(i):
-        stream = torch.cuda.Stream()
-        with torch.cuda.stream(stream), torch.no_grad():
-            outs = [compiled(v) for v in inputs[i]]
-        stream.synchronize()
-        return outs
-
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(worker, range(2)))
+    results = calls_on_streams(compiled, inputs)
     assert max(relative_error(o, r) for outs, rs in zip(results, refs) for o, r in zip(outs, rs)) < 2e-2

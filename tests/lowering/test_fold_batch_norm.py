@@ -6,16 +6,7 @@ from torch import nn
 import kiln
 from kiln.capture.export import capture
 from kiln.lowering import lower
-from tests.helpers import relative_error
-
-
-def _with_stats(bn: nn.BatchNorm1d) -> nn.BatchNorm1d:
-    g = torch.Generator().manual_seed(bn.num_features)
-    bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
-    bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-    bn.weight.data.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-    bn.bias.data.copy_(torch.randn(bn.num_features, generator=g))
-    return bn
+from tests.helpers import relative_error, with_random_stats
 
 
 class LinearNorm(nn.Module):
@@ -24,7 +15,7 @@ class LinearNorm(nn.Module):
     def __init__(self, cin=16, cout=24, bias=False):
         super().__init__()
         self.linear = nn.Linear(cin, cout, bias=bias)
-        self.bn = _with_stats(nn.BatchNorm1d(cout))
+        self.bn = with_random_stats(nn.BatchNorm1d(cout))
 
     def forward(self, x):
         x = self.linear(x)
@@ -37,7 +28,7 @@ class Head(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(16, 8)
-        self.bn = _with_stats(nn.BatchNorm1d(8))
+        self.bn = with_random_stats(nn.BatchNorm1d(8))
 
     def forward(self, x):
         return self.bn(self.fc(x))
@@ -49,7 +40,7 @@ class NormOverTokens(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(16, 8)
-        self.bn = _with_stats(nn.BatchNorm1d(8))
+        self.bn = with_random_stats(nn.BatchNorm1d(8))
 
     def forward(self, x):
         return self.bn(self.fc(x).permute(0, 2, 1))

@@ -11,16 +11,11 @@ from kiln.capture.export import capture
 from kiln.lowering import lower
 from kiln.lowering.merge_parallel_convs import merge_parallel_convs
 from kiln.report.fused_groups import fused_group
-from tests.helpers import check_against_eager, optimized_for_cuda
+from tests.helpers import check_against_eager, optimized_for_cuda, with_random_stats
 
 
-def _with_stats(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
-    g = torch.Generator().manual_seed(bn.num_features + 7)
-    bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
-    bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-    bn.weight.data.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-    bn.bias.data.copy_(torch.randn(bn.num_features, generator=g))
-    return bn
+def _norm(channels: int) -> nn.BatchNorm2d:
+    return with_random_stats(nn.BatchNorm2d(channels), seed=7)
 
 
 class RepBlock(nn.Module):
@@ -30,10 +25,9 @@ class RepBlock(nn.Module):
         super().__init__()
         self.from_zero = from_zero  # MobileOne's spelling: `out = 0; out += branch(x)`, and `+= 0` for no identity
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), _with_stats(nn.BatchNorm2d(cout)))
-            for k in kernels
+            nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), _norm(cout)) for k in kernels
         )
-        self.identity = _with_stats(nn.BatchNorm2d(cout)) if identity else None
+        self.identity = _norm(cout) if identity else None
 
     def forward(self, x):
         identity = self.identity(x) if self.identity is not None else (0 if self.from_zero else None)
@@ -116,7 +110,7 @@ class RepMixer(nn.Module):
     def __init__(self, c=8):
         super().__init__()
         self.mixer = RepBlock(c, c, groups=c, kernels=(3, 1), from_zero=True)
-        self.norm = _with_stats(nn.BatchNorm2d(c))
+        self.norm = _norm(c)
         self.gamma = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
 
     def forward(self, x):
