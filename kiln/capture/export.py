@@ -8,8 +8,6 @@ import torch
 import torch.utils._pytree as pytree
 from torch.export.graph_signature import InputKind, OutputKind
 
-from kiln.capture.aliasing_prims import rewrite_aliasing_prims
-from kiln.capture.decompositions import decomposition_table
 from kiln.capture.dynamic import (
     capture_example,
     dynamic_shapes_for,
@@ -21,6 +19,7 @@ from kiln.capture.dynamic import (
 )
 from kiln.capture.explain import capture_error
 from kiln.capture.input_spec import Input
+from kiln.capture.trace import export_core_aten
 from kiln.errors import CaptureError, KilnError
 from kiln.settings import CompileSettings
 
@@ -61,9 +60,7 @@ def capture(
     args, kwargs = pytree.tree_unflatten(examples, flat_spec)
     dynamic_shapes = dynamic_shapes_for(specs, flat_spec, varargs_at(module))
     try:
-        program = torch.export.export(module, tuple(args), kwargs, dynamic_shapes=dynamic_shapes, strict=False)
-        rewrite_aliasing_prims(program)  # functionalization in run_decompositions refuses them
-        program = program.run_decompositions(decomposition_table())
+        program = export_core_aten(module, tuple(args), kwargs, dynamic_shapes)
     except Exception as exc:  # torch raises many kinds; all mean "could not capture"
         raise capture_error(module, exc) from exc
     mutated = [o.target for o in program.graph_signature.output_specs if o.kind == OutputKind.USER_INPUT_MUTATION]
