@@ -14,7 +14,8 @@ applies both to the one trace. The graph it gives is node for node the one of
 export + run_decompositions (same ops, names, shapes and provenance meta, checked by
 tests/capture/test_trace.py).
 
-Anything the one trace cannot take falls back to the two-trace path, whose result (or
+Ranged inputs keep the two-trace path (see export_core_aten). Anything the one trace cannot
+take falls back to the two-trace path, whose result (or
 error, which kiln/capture/explain.py knows how to word) is then the answer: a model calling
 an aliasing `prims` op, which functionalization refuses before Kiln can rewrite it
 (kiln/capture/aliasing_prims.py), or a torch whose private export entry points moved.
@@ -38,6 +39,11 @@ _TRACE_LOCK = threading.RLock()
 
 def export_core_aten(module: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes) -> torch.export.ExportedProgram:
     """The module as a core-ATen ExportedProgram decomposed by Kiln's table (kiln/capture/decompositions.py)."""
+    if dynamic_shapes is not None:
+        # With symbolic sizes the ATen tracer records every SymInt operation as a node and takes a Python
+        # stack trace for each (~16000 for MobileNetV3 over a batch range, against ~800 traces in the
+        # two-trace path, which copies them from the first graph): the one trace was about 2x slower there.
+        return export_two_traces(module, args, kwargs, dynamic_shapes)
     try:
         return export_one_trace(module, args, kwargs, dynamic_shapes)
     except Exception:  # noqa: BLE001 - the two-trace path decides: it succeeds, or its error is the one to explain

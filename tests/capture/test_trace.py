@@ -118,3 +118,16 @@ def test_a_data_dependent_branch_still_explains_itself():
 
     with pytest.raises(kiln.CaptureError, match="value inside a tensor"):
         kiln.compile(Branch().eval(), [torch.randn(3)])
+
+
+def test_ranged_inputs_keep_the_two_trace_path(monkeypatch):
+    """The one trace stack-traces every SymInt node under symbolic sizes, which made it slower, not faster."""
+
+    def refuse(*args):
+        raise AssertionError("the one trace was used for a ranged input")
+
+    monkeypatch.setattr(trace, "export_one_trace", refuse)
+    x = torch.randn(4, 8, 6, 6)
+    with torch.no_grad():
+        program = trace.export_core_aten(MobileBlock().eval(), (x,), {}, ({0: Dim.AUTO(min=2, max=16)},))
+    assert not isinstance(program.graph_module.graph.find_nodes(op="placeholder")[-1].meta["val"].shape[0], int)
