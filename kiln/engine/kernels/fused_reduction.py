@@ -47,41 +47,45 @@ TAKES = ("epilogue",)
 # A program that hands its one input through: the prologue or epilogue of a layer that has none.
 IDENTITY = Program(1, (), (0,))
 
-# kind -> predicates(reduction attrs, input desc) saying a generated kernel computes that reduction.
-_GENERATED: dict[str, list[Callable[[dict, TensorDesc], bool]]] = {}
+class _Declared:
+    """kind -> predicates(reduction attrs, input desc): which reductions of that kind a family of generated kernels
+    computes. Fusion asks before it makes a group that only such a kernel would run fast."""
+
+    def __init__(self) -> None:
+        self.table: dict[str, list[Callable[[dict, TensorDesc], bool]]] = {}
+
+    def declare(self, kind: str):
+        def register(predicate):
+            self.table.setdefault(kind, []).append(predicate)
+            return predicate
+
+        return register
+
+    def covers(self, kind: str, attrs: dict, x: TensorDesc) -> bool:
+        return any(p(attrs, x) for p in self.table.get(kind, ()))
+
+
+# Kernels that take a reduction with its prologue and epilogue, and whole-row kernels that also broadcast its
+# result back over the row into the epilogue (F.normalize's divide).
+_GENERATED, _BROADCAST = _Declared(), _Declared()
 
 
 def generated_reduction(kind: str):
     """Declare that a generated kernel computes some reductions of layer kind `kind` (fusion asks `has_generated`)."""
-
-    def register(predicate):
-        _GENERATED.setdefault(kind, []).append(predicate)
-        return predicate
-
-    return register
+    return _GENERATED.declare(kind)
 
 
 def has_generated(kind: str, attrs: dict, x: TensorDesc) -> bool:
-    return any(p(attrs, x) for p in _GENERATED.get(kind, ()))
-
-
-# kind -> predicates(reduction attrs, input desc) saying a whole-row kernel computes that reduction with its
-# result broadcast back over the row into the epilogue.
-_BROADCAST: dict[str, list[Callable[[dict, TensorDesc], bool]]] = {}
+    return _GENERATED.covers(kind, attrs, x)
 
 
 def generated_broadcast(kind: str):
     """Declare that a whole-row kernel computes some reductions of `kind` for a broadcast epilogue (`has_generated_broadcast`)."""
-
-    def register(predicate):
-        _BROADCAST.setdefault(kind, []).append(predicate)
-        return predicate
-
-    return register
+    return _BROADCAST.declare(kind)
 
 
 def has_generated_broadcast(kind: str, attrs: dict, x: TensorDesc) -> bool:
-    return any(p(attrs, x) for p in _BROADCAST.get(kind, ()))
+    return _BROADCAST.covers(kind, attrs, x)
 
 
 @dataclass
