@@ -173,3 +173,15 @@ def calls_on_streams(compiled, inputs_per_thread: list[list[torch.Tensor]]) -> l
 
     with ThreadPoolExecutor(len(inputs_per_thread)) as pool:
         return list(pool.map(worker, inputs_per_thread))
+
+
+def plan_steps(compiled, *kinds: str) -> list:
+    """Every engine step of a compiled module in run order, or only the steps of layer kinds `kinds`."""
+    return [s for e in compiled.engine_blocks.values() for s in e.plan.steps if not kinds or s.layer.kind in kinds]
+
+
+def print_timings(steps) -> None:
+    """Each step's kept tactic and its candidates' times, fastest first: what `pytest -s` shows of a GPU build."""
+    for s in steps:
+        shown = ", ".join(f"{k} {v * 1000:.1f}us" for k, v in sorted(s.timings.items(), key=lambda kv: kv[1]))
+        print(f"{s.layer.name}: kept {s.tactic} ({shown})")

@@ -9,14 +9,14 @@ from kiln.engine.kernels.codegen.program import Program, evaluate
 from kiln.engine.kernels.fused_pointwise import run_generated
 from kiln.engine.kernels.registry import RunContext
 from tests.engine.optimize.test_fuse_concat_norm import DenseBlock
-from tests.helpers import calls_on_streams, relative_error
+from tests.helpers import calls_on_streams, plan_steps, relative_error
 
 CUDA = torch.device("cuda")
 FP16_TOL = 2e-2
 
 
 def _joined_steps(compiled):
-    steps = [s for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    steps = plan_steps(compiled)
     return [s for s in steps if s.layer.kind == "fused_pointwise" and "concat:" in s.layer.attrs["fused_ops"]], steps
 
 
@@ -90,7 +90,7 @@ def test_ghost_join_is_timed_on_its_generated_tactic_and_matches_eager():
     model = GhostModule().to(CUDA).eval()
     x = torch.randn(8, 16, 40, 40, device=CUDA).contiguous(memory_format=torch.channels_last)
     compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1)
-    (step,) = [s for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == "concat"]
+    (step,) = plan_steps(compiled, "concat")
     assert "triton_generated" in step.timings, step.timings
     with torch.no_grad():
         assert relative_error(compiled(x), model(x)) < FP16_TOL

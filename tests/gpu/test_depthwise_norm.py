@@ -17,7 +17,7 @@ from kiln.engine.kernels.triton_depthwise_norm import CONFIGS
 from tests.engine.kernels.test_triton_depthwise_norm import make_case, reference
 from tests.engine.optimize.test_fuse_depthwise_norm import ConvNeXtBlock
 from tests.gpu.test_concurrency import _hammer
-from tests.helpers import relative_error
+from tests.helpers import plan_steps, print_timings, relative_error
 
 CUDA = torch.device("cuda")
 TARGET = BuildTarget(CUDA, torch.float16)
@@ -43,13 +43,8 @@ class SmallConvNeXt(nn.Module):
 
 
 def _steps(compiled):
-    return [s for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == "depthwise_norm"]
+    return plan_steps(compiled, "depthwise_norm")
 
-
-def _show(steps):
-    for s in steps:
-        shown = ", ".join(f"{k} {v * 1000:.1f}us" for k, v in sorted(s.timings.items(), key=lambda kv: kv[1]))
-        print(f"{s.layer.name}: kept {s.tactic} ({shown})")
 
 
 def _run(name, layer, inputs):
@@ -92,7 +87,7 @@ def test_small_convnext_compiles_with_one_depthwise_norm_per_block_and_matches_e
     compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1)
     steps = _steps(compiled)
     assert len(steps) == 4
-    _show(steps)
+    print_timings(steps)
     with torch.no_grad():
         assert relative_error(compiled(x).float(), model(x)) < 2e-2
         other = torch.randn_like(x)

@@ -14,7 +14,7 @@ from kiln.engine.kernels import registry
 from kiln.engine.kernels.registry import REFERENCE, Tactic
 from kiln.serialize import container, from_bytes, to_bytes
 from tests.gpu.models import MLP, SmallCNN, init_bn
-from tests.helpers import relative_error
+from tests.helpers import plan_steps, relative_error
 
 CUDA = torch.device("cuda")
 TOL = 5e-3  # FP32 through cuDNN/cuBLAS, which may use TF32
@@ -26,7 +26,7 @@ def _on_cuda(layer, target):
 
 
 def _steps(compiled):
-    return [s for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    return plan_steps(compiled)
 
 
 def test_tactics_that_fail_to_compile_or_to_run_are_skipped_in_a_real_build(monkeypatch):

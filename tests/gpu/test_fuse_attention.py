@@ -20,19 +20,14 @@ from kiln.engine.kernels.triton_attention import CONFIGS, fused_attention
 from tests.engine.optimize.test_fuse_attention import Attention, inputs_for
 from tests.engine.optimize.test_levit_attention import LevitStage
 from tests.gpu.test_concurrency import _hammer
-from tests.helpers import relative_error
+from tests.helpers import plan_steps, print_timings, relative_error
 
 CUDA = torch.device("cuda")
 
 
 def _attention_steps(compiled):
-    return [s for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == "attention"]
+    return plan_steps(compiled, "attention")
 
-
-def _show(steps):
-    for s in steps:
-        shown = ", ".join(f"{k} {v * 1000:.1f}us" for k, v in sorted(s.timings.items(), key=lambda kv: kv[1]))
-        print(f"{s.layer.name}: kept {s.tactic} ({shown})")
 
 
 @pytest.mark.parametrize("name,count", [("swin_tiny_patch4_window7_224", 12), ("levit_128", 14)])
@@ -47,9 +42,9 @@ def test_timm_hand_written_attention_fuses_and_matches_eager(name, count):
             # A deep FP16 network against the FP32 model (tests/gpu/test_precision.py's bound).
             assert relative_error(compiled(inputs).float(), model(inputs)) < 2e-2
     steps = _attention_steps(compiled)
-    assert len(steps) == count, [s.layer.kind for e in compiled.engine_blocks.values() for s in e.plan.steps]
-    assert not [s for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == "matmul"]
-    _show(steps)
+    assert len(steps) == count, [s.layer.kind for s in plan_steps(compiled)]
+    assert not plan_steps(compiled, "matmul")
+    print_timings(steps)
 
 
 # (q shape, k/v rows, mask shape): Swin-T's shifted windows at batch 64 (N = images, H = 64 windows x 3 heads),
@@ -173,4 +168,4 @@ def test_small_attention_modules_compile_and_match_eager(style):
         assert relative_error(compiled(*inputs).float(), model(*inputs).float()) < 1e-2
     steps = _attention_steps(compiled)
     assert len(steps) == 1
-    _show(steps)
+    print_timings(steps)

@@ -8,7 +8,7 @@ from torch import nn
 
 import kiln
 from tests.gpu.models import ConvNeXtBlock
-from tests.helpers import relative_error
+from tests.helpers import plan_steps, relative_error
 
 CUDA = torch.device("cuda")
 
@@ -28,7 +28,7 @@ class SwishGate(nn.Module):
 
 
 def _fused_layers(compiled):
-    return [s for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == "fused_pointwise"]
+    return plan_steps(compiled, "fused_pointwise")
 
 
 def _check(model, x, tol=2e-2):
@@ -124,7 +124,7 @@ class WindowAttention(nn.Module):
 
 
 def _generated_steps(compiled, kind="fused_reduction"):
-    return [s for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == kind]
+    return plan_steps(compiled, kind)
 
 
 def _matches_eager(model, inputs, tol=2e-2):

@@ -6,7 +6,7 @@ from torch import nn
 
 import kiln
 from tests.gpu.models import ConvNeXtBlock, ShiftedWindowAttention
-from tests.helpers import relative_error
+from tests.helpers import plan_steps, relative_error
 
 CUDA = torch.device("cuda")
 
@@ -18,7 +18,7 @@ def _compile_and_check(model, x, tol=2e-2):
         assert relative_error(compiled(x), model(x)) < tol
         other = torch.randn_like(x)
         assert relative_error(compiled(other), model(other)) < tol
-    return [s for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    return plan_steps(compiled)
 
 
 def test_convnext_layer_scale_and_residual_run_in_the_fc2_epilogue():

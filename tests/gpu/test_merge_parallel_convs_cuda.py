@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kiln
-from tests.helpers import calls_on_streams, relative_error
+from tests.helpers import calls_on_streams, plan_steps, relative_error
 from tests.lowering.test_merge_parallel_convs import RepBlock, RepMixer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -21,8 +21,8 @@ def test_merged_block_on_cuda_matches_eager_from_two_streams(make):
     model = make().to(CUDA).eval()
     x = torch.randn(4, 16, 20, 20, device=CUDA)
     compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1)
-    convs = [s for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind in ("conv", "conv_epilogue")]
-    assert len(convs) == 1, [s.layer.kind for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    convs = plan_steps(compiled, "conv", "conv_epilogue")
+    assert len(convs) == 1, [s.layer.kind for s in plan_steps(compiled)]
     inputs = [[torch.randn(4, 16, 20, 20, device=CUDA) for _ in range(6)] for _ in range(2)]
     with torch.no_grad():
         refs = [[model(v) for v in per] for per in inputs]

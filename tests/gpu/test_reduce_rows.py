@@ -7,13 +7,13 @@ import kiln
 from kiln.engine.plan import Step
 from kiln.engine.runtime import PlanExecutor
 from tests.engine.kernels.test_triton_reduce_rows import CrossCovariance
-from tests.helpers import relative_error
+from tests.helpers import plan_steps, relative_error
 
 CUDA = torch.device("cuda")
 
 
 def _normalizes(compiled) -> list:
-    steps = [s for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    steps = plan_steps(compiled)
     return [s for s in steps if s.layer.kind == "fused_reduction" and s.layer.attrs.get("broadcast")]
 
 

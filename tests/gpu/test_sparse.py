@@ -18,7 +18,7 @@ from kiln.engine.optimize.fuse_sparse_mlp import CHAIN_ATTR, KIND
 from kiln.engine.optimize.sparse_weights import AS_MATRIX, SPARSE_ATTR
 from kiln.engine.plan import Step
 from kiln.sparsity import mask_2to4, prune_2to4
-from tests.helpers import relative_error
+from tests.helpers import plan_steps, relative_error
 
 CUDA = torch.device("cuda")
 # Same FP16/BF16 operands, FP32 accumulation both ways: only summation order and output rounding differ.
@@ -233,7 +233,7 @@ def test_compiled_pruned_ffn_chooses_sparse_at_a_big_shape_matches_eager_and_sur
     path = tmp_path / "ffn.kiln"
     kiln.save(compiled, path)
     loaded = kiln.load(path)
-    saved = [s.tactic for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == KIND]
+    saved = [s.tactic for s in plan_steps(compiled, KIND)]
     steps = [s for e in loaded.engine_blocks.values() for s in e.plan.steps if s.layer.kind == KIND]
     assert [s.tactic for s in steps] == saved
     for step in steps:
@@ -267,7 +267,7 @@ def test_threads_and_streams_each_get_their_own_answer(own_streams):
     model = _ffn(256, 1024)
     make = lambda: torch.randn(4, 64, 256, device=CUDA, dtype=torch.half)  # noqa: E731
     compiled = _force_sparse(kiln.compile(model, [make()], enabled_precisions={torch.half}, min_block_size=1, sparse_weights=True))
-    assert [s.tactic for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == KIND] == [sparse_mlp.CHAIN]
+    assert [s.tactic for s in plan_steps(compiled, KIND)] == [sparse_mlp.CHAIN]
     threads, calls = 6, 10
     inputs = [[make() for _ in range(calls)] for _ in range(threads)]
     with torch.no_grad():

@@ -13,18 +13,18 @@ from kiln.engine.kernels.squeeze_excite import squeeze_excite_reference
 from kiln.engine.kernels.triton_squeeze_excite import CONFIGS
 from tests.engine.kernels.test_triton_squeeze_excite import CASES, MEAN, POOL, conv_stage, gate
 from tests.engine.optimize.test_fuse_squeeze_excite import SEBlock
-from tests.helpers import relative_error
+from tests.helpers import plan_steps, relative_error
 
 CUDA = torch.device("cuda")
 
 
 def _gate_steps(compiled):
-    return [s for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind == "squeeze_excite"]
+    return plan_steps(compiled, "squeeze_excite")
 
 
 def _check_gates(compiled, expected_count):
     steps = _gate_steps(compiled)
-    assert len(steps) == expected_count, [s.layer.kind for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    assert len(steps) == expected_count, [s.layer.kind for s in plan_steps(compiled)]
     for s in steps:
         timed = set(s.timings) | {s.tactic}
         assert set(CONFIGS) & timed, f"no one-kernel gate config was timed for {s.layer.name}: {timed}"

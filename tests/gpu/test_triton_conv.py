@@ -17,7 +17,7 @@ from kiln.engine.kernels.registry import BuildTarget, RunContext, get_tactic, ta
 from kiln.engine.kernels.triton_conv import CONFIGS
 from tests.engine.kernels.test_triton_conv import attrs_of
 from tests.gpu.test_concurrency import _hammer
-from tests.helpers import relative_error
+from tests.helpers import plan_steps, print_timings, relative_error
 
 CUDA = torch.device("cuda")
 TARGET = BuildTarget(CUDA, torch.float16)
@@ -102,13 +102,8 @@ class CspLike(nn.Module):
 
 
 def _convs(compiled):
-    return [s for e in compiled.engine_blocks.values() for s in e.plan.steps if s.layer.kind in KINDS]
+    return plan_steps(compiled, *KINDS)
 
-
-def _show(steps):
-    for s in steps:
-        shown = ", ".join(f"{k} {v * 1000:.1f}us" for k, v in sorted(s.timings.items(), key=lambda kv: kv[1]))
-        print(f"{s.layer.name} ({s.layer.kind}, {s.layer.attrs.get('activation')}): kept {s.tactic} ({shown})")
 
 
 def _model():
@@ -127,7 +122,7 @@ def test_small_csp_cnn_compiles_and_matches_eager():
     x = torch.randn(4, 3, 64, 64, device=CUDA).contiguous(memory_format=torch.channels_last)
     compiled = kiln.compile(model, [x], enabled_precisions={torch.half}, min_block_size=1)
     steps = _convs(compiled)
-    _show(steps)
+    print_timings(steps)
     assert sum(s.layer.attrs.get("activation") == "leaky_relu" for s in steps) >= 4
     assert all(set(CONFIGS) <= set(s.timings) for s in steps if s.timings), "every config is timed on every conv"
     with torch.no_grad():

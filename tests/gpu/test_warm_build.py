@@ -6,7 +6,7 @@ import torch
 import kiln
 from kiln.engine.builder import build as build_module
 from tests.gpu.models import ConvNeXtBlock, SmallCNN, init_bn
-from tests.helpers import relative_error
+from tests.helpers import plan_steps, relative_error
 
 CUDA = torch.device("cuda")
 
@@ -31,7 +31,7 @@ def counted_build(monkeypatch, model, x, cache: str):
 
 
 def tactics(compiled) -> list[str]:
-    return [s.tactic for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    return [s.tactic for s in plan_steps(compiled)]
 
 
 def test_a_warm_build_compiles_only_the_chosen_kernels_and_times_nothing(monkeypatch, tmp_path):

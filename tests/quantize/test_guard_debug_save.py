@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 import kiln
+from tests.helpers import plan_steps
 
 
 class OneHarmfulLayer(nn.Module):
@@ -145,12 +146,12 @@ def test_guard_keeps_residuals_in_float_before_dropping_layers():
 
     loose, rows, compiled = compile_with(10.0)
     assert loose["residuals"] == "int8" and set(rows.values()) == {"int8"}
-    steps = [s.layer for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    steps = [s.layer for s in plan_steps(compiled)]
     assert any("res_scale" in layer.attrs for layer in steps)  # conv1's output reaches the add in 8 bits
     # Just under what 8-bit residuals cost: float residuals fit the budget, so no layer has to leave INT8.
     tight, rows, compiled = compile_with(loose["error"] * 0.9)
     assert tight["residuals"].startswith("float") and set(rows.values()) == {"int8"}, (tight, rows)
     assert tight["error"] < loose["error"] * 0.9
     assert "residual adds read float" in compiled.report.table()
-    steps = [s.layer for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    steps = [s.layer for s in plan_steps(compiled)]
     assert not any("res_scale" in layer.attrs for layer in steps)

@@ -16,6 +16,7 @@ from kiln.engine.kernels.registry import get_tactic
 from kiln.engine.kernels.triton_epilogue import triton
 from kiln.engine.plan import Step
 from kiln.engine.runtime import PlanExecutor
+from tests.helpers import plan_steps
 from tests.quantize.test_transformer import Encoder
 
 pytestmark = pytest.mark.skipif(triton is None, reason="needs Triton")
@@ -90,7 +91,7 @@ def test_triton_tactics_in_a_whole_plan_match_the_reference(model, shape):
     if model is MBConvNet:
         # The stem's output feeds the depthwise conv (quantized) and project's residual add: it stays INT8,
         # and project dequantizes it in its epilogue.
-        steps = {s.layer.name: s.layer for e in compiled.engine_blocks.values() for s in e.plan.steps}
+        steps = {s.layer.name: s.layer for s in plan_steps(compiled)}
         readers = [layer for layer in steps.values() if "res_scale" in layer.attrs]
         assert len(readers) == 1 and readers[0].attrs["residual"]
         assert compiled.engine_blocks["_engine_block_0"].plan.tensors[readers[0].inputs[3]].dtype == torch.int8

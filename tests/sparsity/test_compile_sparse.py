@@ -17,7 +17,7 @@ from kiln.engine.plan import Step
 from kiln.report.partition_report import PartitionReport
 from kiln.report.sparsity import NO_2TO4_WARNING
 from kiln.sparsity import prune_2to4
-from tests.helpers import assert_outputs_match
+from tests.helpers import assert_outputs_match, plan_steps
 
 
 def _mlp():
@@ -88,7 +88,7 @@ def test_without_sparse_weights_nothing_is_marked():
     x = torch.randn(2, 8, 64)
     compiled = kiln.compile(model, inputs=[x], enabled_precisions={torch.half}, min_block_size=1)
     assert not compiled.report.sparsity
-    assert not any(SPARSE_ATTR in s.layer.attrs for e in compiled.engine_blocks.values() for s in e.plan.steps)
+    assert not any(SPARSE_ATTR in s.layer.attrs for s in plan_steps(compiled))
 
 
 def test_report_rows_and_warnings_survive_json():
@@ -122,7 +122,7 @@ def test_a_plan_that_chose_the_sparse_tactic_answers_densely_where_it_cannot_run
     prune_2to4(model)
     x = torch.randn(2, 8, 64)
     compiled = _as_if_built_sparse(_compile(model, x))
-    tactics = [s.tactic for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    tactics = [s.tactic for s in plan_steps(compiled)]
     assert tactics.count(sparse_gemm.NAME) == 1  # only the first linear qualifies (128x64)
     monkeypatch.setattr(sparse_gemm, "_warned", set())
     with pytest.warns(UserWarning, match="has no sparse tensor cores"):

@@ -28,7 +28,7 @@ from kiln.engine.plan import Step
 from kiln.engine.runtime.executor import PlanExecutor
 from kiln.report.sparsity import sparsity_rows
 from kiln.sparsity import prune_2to4
-from tests.helpers import assert_outputs_match, relative_error
+from tests.helpers import assert_outputs_match, plan_steps, relative_error
 from tests.sparsity.test_cslt_operand import fake  # noqa: F401 -- a fixture
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
@@ -228,7 +228,7 @@ def test_a_plan_on_the_chain_answers_densely_on_the_cpu_and_loads_as_dense(tmp_p
     x = torch.randn(2, 8, 64)
     compiled = kiln.compile(model, inputs=[x], enabled_precisions={torch.half}, min_block_size=1, sparse_weights=True)
     compiled = _as_if_built_with_the_chain(compiled, model, x)
-    steps = [s for e in compiled.engine_blocks.values() for s in e.plan.steps]
+    steps = plan_steps(compiled)
     assert [s.tactic for s in steps].count(sparse_mlp.CHAIN) == 1
     monkeypatch.setattr(sparse_gemm, "_warned", set())  # the dense-fallback warning is sparse_gemm.warn_dense_fallback's
     with pytest.warns(UserWarning, match="has no sparse tensor cores"):
